@@ -1,0 +1,49 @@
+# Two entry points: `make demo` (the main job on the embedded default) and `make test`.
+# Both create the virtual environment on first use; nothing but Python is required.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Pinned, tested versions (torch 2.13.0 CPU build). Regenerate with `make constraints`.
+CONSTRAINTS := requirements/constraints.txt
+
+.PHONY: demo test lint bench-tiny bench-quality constraints clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/moerec demo
+
+test: $(VENV)/.installed-dev lint
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+# Every benchmark script once on a tiny input, so none of them rots (run by CI).
+bench-tiny: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/quality.py --tiny --output-dir $(VENV)/bench-tiny
+
+# The full quality benchmark (Beauty and MovieLens-100K; long: run on demand).
+bench-quality: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/quality.py --data-root $(DATA_ROOT)
+
+constraints: $(VENV)/.installed-dev
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^moerec' > $(CONSTRAINTS)
+
+clean:
+	rm -rf $(VENV) .moerec-demo runs models

@@ -1,0 +1,204 @@
+"""Quality and cost of the MoE model against its two dense baselines, measured in one run.
+
+For each data set: train `moe`, `dense-active` (same active FFN FLOPs) and `dense-params`
+(same total FFN parameters) with the frozen config in configs/, select the epoch on validation
+NDCG@10, report test HR/NDCG/MRR@5/10/20 at that epoch, training time, parameters and measured
+FLOPs per request. Writes benchmarks/results/quality-<dataset>.json and docs/benchmarks.md.
+
+    python benchmarks/quality.py --data-root PATH/TO/data            # Beauty + ML-100K, long
+    python benchmarks/quality.py --data-root PATH --datasets beauty --variants moe
+    python benchmarks/quality.py --tiny --output-dir /tmp/q           # seconds; what CI runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moerec.config import VARIANTS, ExperimentConfig, load_config, resolve_variant
+from moerec.data.dataset import Dataset, dataset_from_interactions, load_dataset
+from moerec.data.synthetic import generate_interactions
+from moerec.evaluation.cost import measure_cost
+from moerec.training import train
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS: dict[str, dict[str, str]] = {
+    "beauty": {"file": "amazon-beauty/Beauty.txt", "config": "configs/quality-beauty.yaml"},
+    "ml-100k": {"file": "ml-100k/u.data", "config": "configs/quality-ml-100k.yaml"},
+}
+# Best published full-ranking figures on the same files, for context (not our measurements).
+PUBLISHED = {
+    "beauty": [
+        ("BSARec / TV-Rec / WEARec (best published)", 0.061, 0.104),
+        ("SASRec, binary cross-entropy (as published)", 0.032, 0.061),
+    ],
+}
+HEADLINE = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    names = ["tiny"] if args.tiny else args.datasets.split(",")
+    for name in names:
+        dataset, config = prepare(name, args)
+        report = run_dataset(name, dataset, config, args)
+        path = args.output_dir / f"quality-{name}.json"
+        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {path}", file=sys.stderr)
+    if args.docs is not None:
+        args.docs.write_text(render_markdown(args.output_dir), encoding="utf-8")
+        print(f"wrote {args.docs}", file=sys.stderr)
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data-root", type=Path, help="Folder holding amazon-beauty/, ml-100k/, …")
+    p.add_argument("--datasets", default="beauty,ml-100k", help="Comma-separated: beauty,ml-100k")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="Comma-separated variants.")
+    p.add_argument("--epochs", type=int, help="Override the config's max epochs.")
+    p.add_argument("--seed", type=int, help="Override the config's seed.")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default).")
+    p.add_argument("--output-dir", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--docs", type=Path, default=None, help="Markdown file to (re)render.")
+    p.add_argument("--tiny", action="store_true", help="Synthetic data, 2 epochs: a smoke run.")
+    args = p.parse_args(argv)
+    if not args.tiny and args.data_root is None:
+        p.error("--data-root is required (or use --tiny)")
+    return args
+
+
+def prepare(name: str, args: argparse.Namespace) -> tuple[Dataset, ExperimentConfig]:
+    overrides: dict[str, Any] = {}
+    if args.epochs:
+        overrides["train.epochs"] = args.epochs
+    if args.seed is not None:
+        overrides["train.seed"] = args.seed
+    if name == "tiny":
+        overrides.update({"train.epochs": 2, "model.max_len": 20, "train.batch_size": 64})
+        config = load_config(REPO / "configs" / "quality-beauty.yaml", overrides)
+        interactions = generate_interactions(num_users=200, num_items=150, seed=1)
+        return dataset_from_interactions(interactions, config.data), config
+    spec = DATASETS[name]
+    config = load_config(REPO / spec["config"], overrides)
+    return load_dataset(args.data_root / spec["file"], config.data), config
+
+
+def run_dataset(
+    name: str, dataset: Dataset, config: ExperimentConfig, args: argparse.Namespace
+) -> dict[str, Any]:
+    rows = []
+    for variant in args.variants.split(","):
+        cfg = resolve_variant(config, variant)  # type: ignore[arg-type]
+        print(f"[{name}] training {variant}", file=sys.stderr)
+        started = time.perf_counter()
+        result = train(dataset, cfg, progress=False, on_epoch=_progress(name, variant))
+        cost = measure_cost(result.model)
+        rows.append(
+            {
+                "variant": variant,
+                "valid": result.valid.metrics,
+                "test": result.test.metrics,
+                "best_epoch": result.best_epoch,
+                "epochs_run": result.epochs_run,
+                "train_seconds": round(result.train_seconds, 1),
+                "seconds_per_epoch": round(result.train_seconds / max(result.epochs_run, 1), 2),
+                "wall_seconds": round(time.perf_counter() - started, 1),
+                "cost": cost.to_dict(),
+                "routing": result.test.routing.to_dict(),
+            }
+        )
+    return {
+        "dataset": name,
+        "source": Path(dataset.source).name,
+        "data_fingerprint": dataset.fingerprint,
+        "stats": dataset.stats(),
+        "config": config.to_dict(),
+        "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "measured_at": time.strftime("%Y-%m-%d"),
+        "rows": rows,
+    }
+
+
+def _progress(name: str, variant: str) -> Any:
+    def report(record: dict[str, Any]) -> None:
+        valid = record.get("valid", {})
+        print(
+            f"[{name}/{variant}] epoch {record['epoch']} loss {record['loss']:.4f} "
+            f"valid ndcg@10 {valid.get('ndcg@10', float('nan')):.4f} "
+            f"({record['train_seconds']:.0f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return report
+
+
+def render_markdown(results_dir: Path) -> str:
+    """docs/benchmarks.md from every quality-*.json in ``results_dir``."""
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `benchmarks/quality.py` from `benchmarks/results/quality-*.json`; do not",
+        "edit by hand. Full ranking over the whole catalogue with the user's history excluded,",
+        "leave-one-out (last item = test, second last = validation), test metrics at the epoch",
+        "with the best validation NDCG@10.",
+        "",
+    ]
+    for path in sorted(results_dir.glob("quality-*.json")):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        if report["dataset"] == "tiny":
+            continue
+        lines += _dataset_section(report)
+    return "\n".join(lines) + "\n"
+
+
+def _dataset_section(report: dict[str, Any]) -> list[str]:
+    s = report["stats"]
+    cfg = report["config"]["model"]
+    lines = [
+        f"## {report['dataset']} (`{report['source']}`)",
+        "",
+        f"{s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions; "
+        f"max length {cfg['max_len']}, hidden {cfg['hidden_size']}, {cfg['num_layers']} layers, "
+        f"{cfg['moe_num_experts']} experts × {cfg['ffn_hidden_size']} wide, "
+        f"top-{cfg['moe_top_k']}.",
+        f"Measured {report['measured_at']} on {report['machine']['cpus']} CPU cores "
+        f"(torch {report['machine']['torch']}): `{report['command']}`",
+        "",
+        "| variant | " + " | ".join(HEADLINE) + " | best epoch | s/epoch | params | "
+        "active params/token | FFN MFLOPs/request | MFLOPs/request |",
+        "|---|" + "---:|" * (len(HEADLINE) + 6),
+    ]
+    for row in report["rows"]:
+        c = row["cost"]
+        lines.append(
+            f"| {row['variant']} | "
+            + " | ".join(f"{row['test'][k]:.4f}" for k in HEADLINE)
+            + f" | {row['best_epoch']} | {row['seconds_per_epoch']:.1f} | {c['total_params']:,} | "
+            f"{c['active_params_per_token']:,.0f} | {c['ffn_flops_per_request'] / 1e6:.2f} | "
+            f"{c['flops_per_request'] / 1e6:.2f} |"
+        )
+    for label, ndcg, hr in PUBLISHED.get(report["dataset"], []):
+        lines.append(f"| *{label}* | | | {hr:.3f} | {ndcg:.3f} | | | | | | | | | |")
+    return [*lines, ""]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,481 @@
+"""The ``moerec`` command line: the only module that wires the layers together."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from moerec import MoerecError
+from moerec.config import VARIANTS, ExperimentConfig, load_config, resolve_variant
+
+app = typer.Typer(
+    help="Train, evaluate and use a Mixture-of-Experts sequential recommender.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Inspect or generate interaction data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+out = Console()
+err = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep and logs
+
+DataOpt = Annotated[
+    Path,
+    typer.Option(
+        "--data",
+        help="Interactions: MovieLens u.data / ratings.dat / ratings.csv, an S3-Rec or SASRec "
+        ".txt file, a CSV/Parquet file with user,item[,timestamp], or a folder holding one.",
+    ),
+]
+FormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="Reader: auto, movielens-100k, movielens-1m, movielens-latest, sequences, pairs, "
+        "csv, parquet.",
+    ),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Experiment config YAML (see configs/)."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config value, e.g. --set train.epochs=5 (repeatable)."),
+]
+ModelOpt = Annotated[
+    Path,
+    typer.Option(
+        "--model", "-m", help="An artefact version folder, or a model folder (newest version)."
+    ),
+]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Errors a user can fix become one clear line and exit code 2, never a traceback."""
+    try:
+        yield
+    except MoerecError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        err.print(f"[bold red]error:[/] {exc.strerror}: {exc.filename}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise MoerecError(f"--set expects key=value (e.g. train.epochs=5), got {pair!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def _load_data(data: Path, fmt: str, config: ExperimentConfig) -> Any:
+    from moerec.data.dataset import load_dataset
+
+    return load_dataset(data, config.data, format=None if fmt == "auto" else fmt)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@data_app.command("stats")
+def data_stats(data: DataOpt, fmt: FormatOpt = "auto", config: ConfigOpt = None) -> None:
+    """Users, items, interactions, density and sequence lengths of a data set."""
+    with user_errors():
+        dataset = _load_data(data, fmt, load_config(config))
+        table = Table(title=str(data), show_header=False)
+        for key, value in dataset.stats().items():
+            table.add_row(key, f"{value:,.4g}" if isinstance(value, float) else f"{value:,}")
+        out.print(table)
+
+
+@data_app.command("synth")
+def data_synth(
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV file to write.")],
+    users: Annotated[int, typer.Option(min=1, help="Number of users.")] = 2000,
+    items: Annotated[int, typer.Option(min=10, help="Number of items.")] = 1000,
+    clusters: Annotated[int, typer.Option(min=1, help="Taste clusters.")] = 10,
+    mean_length: Annotated[int, typer.Option(min=5, help="Mean sequence length.")] = 30,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Generate a seeded synthetic data set with taste clusters, a long tail and sequences."""
+    from moerec.data.synthetic import generate_interactions, write_csv
+
+    with user_errors():
+        interactions = generate_interactions(users, items, clusters, mean_length, seed)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_csv(interactions, output)
+        out.print(f"wrote {len(interactions):,} interactions to {output}")
+
+
+# --------------------------------------------------------------------------- train / evaluate
+
+
+@app.command()
+def train(
+    data: DataOpt,
+    fmt: FormatOpt = "auto",
+    config: ConfigOpt = None,
+    variant: Annotated[str, typer.Option(help=f"Model variant: {', '.join(VARIANTS)}.")] = "moe",
+    overrides: SetOpt = None,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="Where to write the log, plots, checkpoint.")
+    ] = None,
+    registry: Annotated[Path, typer.Option("--registry", help="Model registry folder.")] = Path(
+        "models"
+    ),
+    name: Annotated[str | None, typer.Option(help="Model name in the registry.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run's checkpoint.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train a model, evaluate it (full ranking) and save it as a new registry version."""
+    from moerec.registry import save_artefact
+    from moerec.training import train as run_training
+
+    with user_errors():
+        cfg = _experiment(config, overrides, variant)
+        dataset = _load_data(data, fmt, cfg)
+        model_name = name or cfg.name
+        run_dir = run_dir or Path("runs") / f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        err.print(f"training {cfg.variant} on {dataset.source}: {_brief(dataset.stats())}")
+        result = run_training(
+            dataset,
+            cfg,
+            run_dir=run_dir,
+            progress=not quiet,
+            resume=resume,
+            on_epoch=None if quiet else _print_epoch,
+        )
+        path = save_artefact(
+            registry,
+            model_name,
+            result.model,
+            result.config,
+            dataset.vocab,
+            result.metrics(),
+            dataset.fingerprint,
+        )
+        _print_metrics(result.valid.metrics, result.test.metrics)
+        out.print(
+            f"best epoch {result.best_epoch} of {result.epochs_run}; "
+            f"{result.train_seconds:.1f}s training; run log in {run_dir}"
+        )
+        out.print(f"saved model {path}")
+
+
+def _experiment(config: Path | None, overrides: list[str] | None, variant: str) -> ExperimentConfig:
+    if variant not in VARIANTS:
+        raise MoerecError(f"--variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    cfg = load_config(config, parse_overrides(overrides))
+    return resolve_variant(cfg, variant)
+
+
+def _brief(stats: dict[str, Any]) -> str:
+    return (
+        f"{stats['users']:,} users, {stats['items']:,} items, "
+        f"{stats['interactions']:,} interactions"
+    )
+
+
+def _print_epoch(record: dict[str, Any]) -> None:
+    valid = record.get("valid")
+    line = f"epoch {record['epoch']:>3}  loss {record['loss']:.4f}"
+    if valid:
+        line += f"  valid ndcg@10 {valid['ndcg@10']:.4f}  hr@10 {valid['hr@10']:.4f}"
+    err.print(line, highlight=False)
+
+
+@app.command()
+def evaluate(
+    model: ModelOpt,
+    data: DataOpt,
+    fmt: FormatOpt = "auto",
+    split: Annotated[str, typer.Option(help="valid or test.")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """Full-ranking HR/NDCG/MRR@5/10/20, coverage, expert load and cost of a saved model."""
+    from moerec.evaluation import evaluate as run_evaluation
+    from moerec.evaluation.cost import measure_cost
+    from moerec.registry import load_artefact
+
+    with user_errors():
+        if split not in ("valid", "test"):
+            raise MoerecError(f"--split must be valid or test, got {split!r}")
+        artefact = load_artefact(model)
+        dataset = _matching_data(data, fmt, artefact)
+        eval_set = dataset.split.valid if split == "valid" else dataset.split.test
+        cfg = artefact.config.eval
+        result = run_evaluation(artefact.model, eval_set, cfg.ks, cfg.batch_size)
+        cost = measure_cost(artefact.model).to_dict()
+        report = {
+            "model": str(artefact.path),
+            "version": artefact.version,
+            "variant": artefact.config.variant,
+            "split": split,
+            **result.to_dict(),
+            "cost": cost,
+        }
+        if as_json:
+            out.print_json(json.dumps(report))
+            return
+        table = Table(title=f"{artefact.path} on {split} ({result.num_users:,} users)")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in result.metrics.items():
+            table.add_row(key, f"{value:.4f}")
+        for key, value in cost.items():
+            table.add_row(key, f"{value:,.3g}" if isinstance(value, float) else f"{value:,}")
+        out.print(table)
+
+
+def _matching_data(data: Path, fmt: str, artefact: Any) -> Any:
+    dataset = _load_data(data, fmt, artefact.config)
+    if dataset.vocab.item_ids != artefact.vocab.item_ids:
+        raise MoerecError(
+            f"{data}: its item catalogue differs from the one {artefact.path} was trained on; "
+            "evaluate a model on the data (and data settings) it was trained with"
+        )
+    return dataset
+
+
+# --------------------------------------------------------------------------- recommend
+
+
+@app.command()
+def recommend(
+    model: ModelOpt,
+    data: DataOpt,
+    fmt: FormatOpt = "auto",
+    user: Annotated[
+        list[str] | None, typer.Option("--user", "-u", help="User id (repeatable).")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", min=1, max=1000, help="How many items.")] = 10,
+    all_users: Annotated[bool, typer.Option("--all-users", help="Every user, to a CSV.")] = False,
+    split: Annotated[
+        str, typer.Option(help="History to use: full (all items), valid or test (leave-one-out).")
+    ] = "full",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="CSV for --all-users.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """Top-K items for some users (printed) or for every user (user,rank,item,score CSV)."""
+    from moerec.data.titles import read_item_titles
+    from moerec.inference import Predictor
+
+    with user_errors():
+        if split not in ("full", "valid", "test"):
+            raise MoerecError(f"--split must be full, valid or test, got {split!r}")
+        if all_users == bool(user):
+            raise MoerecError("give either --user ID (one or more) or --all-users --output FILE")
+        predictor = Predictor.from_path(model)
+        dataset = _load_data(data, fmt, predictor.artefact.config)
+        histories = _histories(dataset, split)
+        if all_users:
+            if output is None:
+                raise MoerecError("--all-users writes a CSV: add --output FILE.csv")
+            written = _export_all(predictor, dataset, histories, k, output)
+            out.print(f"wrote {written:,} rows for {len(histories):,} users to {output}")
+            return
+        titles = read_item_titles(Path(data))
+        results = []
+        for raw_user in user or []:
+            index = dataset.vocab.user_index(raw_user)
+            if index is None or index not in histories:
+                raise MoerecError(f"user {raw_user!r} has no {split} history in {data}")
+            raw_items = dataset.vocab.decode_items(histories[index].tolist())
+            encoded, _unknown = predictor.encode(raw_items)
+            rec = predictor.recommend([encoded], k=k)[0]
+            results.append((raw_user, raw_items, rec))
+        if as_json:
+            out.print_json(
+                json.dumps(
+                    [
+                        {
+                            "user": u,
+                            "items": r.items,
+                            "scores": r.scores,
+                            "experts": [e.__dict__ for e in r.experts],
+                        }
+                        for u, _, r in results
+                    ]
+                )
+            )
+            return
+        for raw_user, raw_items, rec in results:
+            print_recommendation(raw_user, raw_items, rec, titles)
+
+
+def _histories(dataset: Any, split: str) -> dict[int, Any]:
+    """User index → encoded history for the chosen split."""
+    if split == "full":
+        seqs = dataset.sequences
+        return {u: seqs[u] for u in range(len(seqs)) if len(seqs[u])}
+    eval_set = dataset.split.valid if split == "valid" else dataset.split.test
+    return {int(u): eval_set.histories[i] for i, u in enumerate(eval_set.users)}
+
+
+def _export_all(
+    predictor: Any, dataset: Any, histories: dict[int, Any], k: int, output: Path
+) -> int:
+    """Batch recommendations for offline use; histories are re-encoded with the model's vocab."""
+    from tqdm import tqdm
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    users = list(histories)
+    same_vocab = dataset.vocab.item_ids == predictor.vocab.item_ids
+    rows = 0
+    with output.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["user", "rank", "item", "score"])
+        for start in tqdm(range(0, len(users), 512), desc="recommend", unit="batch", leave=False):
+            batch = users[start : start + 512]
+            encoded = [
+                histories[u]
+                if same_vocab
+                else predictor.encode(dataset.vocab.decode_items(histories[u].tolist()))[0]
+                for u in batch
+            ]
+            keep = [i for i, h in enumerate(encoded) if len(h)]
+            recs = predictor.recommend([encoded[i] for i in keep], k=k)
+            for i, rec in zip(keep, recs, strict=True):
+                raw_user = dataset.vocab.user_ids[batch[i]]
+                for rank, (item, score) in enumerate(zip(rec.items, rec.scores, strict=True), 1):
+                    writer.writerow([raw_user, rank, item, f"{score:.6f}"])
+                    rows += 1
+    return rows
+
+
+def print_recommendation(user: str, history: list[str], rec: Any, titles: dict[str, str]) -> None:
+    def label(item: str) -> str:
+        return f"{item} {titles[item]}" if item in titles else item
+
+    recent = ", ".join(label(i) for i in history[-3:])
+    table = Table(title=f"user {user} — recently: {recent}", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("item")
+    table.add_column("score", justify="right")
+    for rank, (item, score) in enumerate(zip(rec.items, rec.scores, strict=True), 1):
+        table.add_row(str(rank), label(item), f"{score:.3f}")
+    out.print(table)
+    if rec.experts:
+        routes = "; ".join(
+            f"layer {e.layer}: "
+            + ", ".join(f"E{x} ({w:.2f})" for x, w in zip(e.experts, e.weights, strict=True))
+            for e in rec.experts
+        )
+        out.print(f"  experts used: {routes}\n", highlight=False)
+
+
+def _print_metrics(valid: dict[str, float], test: dict[str, float]) -> None:
+    table = Table(title="full ranking, history excluded")
+    table.add_column("split")
+    keys = [k for k in valid if k.split("@")[0] in ("hr", "ndcg", "mrr") and k.endswith("@10")]
+    keys += [k for k in valid if k.startswith("coverage")]
+    for key in keys:
+        table.add_column(key, justify="right")
+    for split_name, metrics in (("valid", valid), ("test", test)):
+        table.add_row(split_name, *(f"{metrics[key]:.4f}" for key in keys))
+    out.print(table)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    workdir: Annotated[
+        Path, typer.Option(help="Where to put data, run logs and the model.")
+    ] = Path(".moerec-demo"),
+    users: Annotated[int, typer.Option(min=50, help="Synthetic users.")] = 3000,
+    items: Annotated[int, typer.Option(min=50, help="Synthetic items.")] = 1000,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 20,
+    show: Annotated[int, typer.Option(min=1, help="Users to print recommendations for.")] = 3,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+) -> None:
+    """Generate data, train a small MoE model, print top-10 lists with the experts used."""
+    from moerec.data.dataset import dataset_from_interactions
+    from moerec.data.synthetic import generate_interactions, synthetic_titles, write_csv
+    from moerec.inference import Predictor
+    from moerec.registry import save_artefact
+    from moerec.training import train as run_training
+
+    with user_errors():
+        started = time.perf_counter()
+        interactions = generate_interactions(num_users=users, num_items=items, seed=seed)
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_csv(interactions, workdir / "interactions.csv")
+        cfg = load_config(
+            None,
+            {
+                "name": "demo",
+                "model": {
+                    "max_len": 50,
+                    "hidden_size": 64,
+                    "ffn_hidden_size": 64,
+                    "dropout": 0.1,
+                    "attention_dropout": 0.1,
+                },
+                "train": {
+                    "epochs": epochs,
+                    "batch_size": 128,
+                    "patience": 5,
+                    "seed": seed,
+                    "warmup_steps": 20,
+                },
+            },
+        )
+        dataset = dataset_from_interactions(interactions, cfg.data)
+        out.print(
+            f"[bold]1. data[/]  synthetic: {_brief(dataset.stats())}",
+            f"→ {workdir / 'interactions.csv'}",
+        )
+        out.print(
+            f"[bold]2. train[/] MoE Transformer, {cfg.model.moe_num_experts} experts, "
+            f"top-{cfg.model.moe_top_k}, {epochs} epochs max"
+        )
+        result = run_training(
+            dataset, cfg, run_dir=workdir / "run", progress=True, on_epoch=_print_epoch
+        )
+        path = save_artefact(
+            workdir / "models",
+            "demo",
+            result.model,
+            result.config,
+            dataset.vocab,
+            result.metrics(),
+            dataset.fingerprint,
+        )
+        out.print("[bold]3. evaluate[/]")
+        _print_metrics(result.valid.metrics, result.test.metrics)
+        out.print(f"   plots: {workdir / 'run' / 'plots'}   model: {path}")
+        out.print("[bold]4. recommend[/] (full history, seen items excluded)")
+        predictor = Predictor.from_path(path)
+        titles = synthetic_titles(items, seed=seed)
+        for u in range(show):
+            history = dataset.sequences[u]
+            raw_items = dataset.vocab.decode_items(history.tolist())
+            rec = predictor.recommend([history], k=10)[0]
+            print_recommendation(dataset.vocab.user_ids[u], raw_items, rec, titles)
+        out.print(f"done in {time.perf_counter() - started:.0f}s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    app(argv if argv is not None else sys.argv[1:])

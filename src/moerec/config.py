@@ -1,0 +1,209 @@
+"""Typed experiment configuration.
+
+One ``ExperimentConfig`` describes a whole run: which data, which model, how to train and how to
+evaluate. It is read from YAML (the frozen files in ``configs/``) and stored in every model
+artefact's manifest, so a model can always be rebuilt from what was saved with it.
+
+This module imports no moerec layer (only the package's base error): every layer may use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from moerec import MoerecError
+
+Variant = Literal["moe", "dense-active", "dense-params"]
+VARIANTS: tuple[Variant, ...] = ("moe", "dense-active", "dense-params")
+
+
+class ConfigError(MoerecError, ValueError):
+    """A configuration file or value the user must fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """How interactions are read and turned into sequences."""
+
+    format: str = Field("auto", description="Reader name, or 'auto' to detect it from the file.")
+    min_user_interactions: int = Field(
+        0, ge=0, description="k-core: drop users with fewer interactions (0 = keep all)."
+    )
+    min_item_interactions: int = Field(
+        0, ge=0, description="k-core: drop items with fewer interactions (0 = keep all)."
+    )
+    min_rating: float | None = Field(
+        None, description="Keep only interactions rated at least this (explicit-feedback files)."
+    )
+
+
+class ModelConfig(_Strict):
+    """The sequential recommender: embeddings, N causal blocks with MoE feed-forward, tied head.
+
+    ``num_items`` is the catalogue size without the padding id; it is filled in from the data.
+    MoE settings carry the ``moe_`` prefix. A model with ``moe_num_experts == 1`` is dense.
+    """
+
+    num_items: int = Field(0, ge=0, description="Catalogue size (set from the data).")
+    max_len: int = Field(50, ge=1, description="Longest history the model reads.")
+    hidden_size: int = Field(64, ge=1)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(2, ge=1)
+    ffn_hidden_size: int = Field(128, ge=1, description="Hidden width of ONE expert.")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Embedding and residual dropout.")
+    attention_dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    moe_num_experts: int = Field(8, ge=1, description="Experts per MoE layer (1 = dense FFN).")
+    moe_top_k: int = Field(2, ge=1, description="Experts per token in top-k routing.")
+    moe_router: Literal["topk", "topp"] = Field(
+        "topk", description="'topp' picks the smallest expert set reaching moe_top_p mass."
+    )
+    moe_top_p: float = Field(0.6, gt=0.0, le=1.0)
+    moe_min_k: int = Field(2, ge=1, description="Fewest experts per token in top-p routing.")
+    moe_max_k: int = Field(4, ge=1, description="Most experts per token in top-p routing.")
+    moe_capacity_factor_train: float = Field(
+        0.0, ge=0.0, description="Expert capacity = cf * k * tokens / experts; 0 = no dropping."
+    )
+    moe_capacity_factor_eval: float = Field(0.0, ge=0.0)
+    moe_balance_coef: float = Field(0.01, ge=0.0, description="Switch load-balance loss weight.")
+    moe_z_coef: float = Field(0.001, ge=0.0, description="Router z-loss weight.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_heads ({self.num_heads})"
+            )
+        if self.moe_top_k > self.moe_num_experts:
+            raise ValueError(
+                f"moe_top_k ({self.moe_top_k}) cannot exceed moe_num_experts "
+                f"({self.moe_num_experts})"
+            )
+        if self.moe_router == "topp" and not (
+            self.moe_min_k <= self.moe_max_k <= self.moe_num_experts
+        ):
+            raise ValueError("top-p routing needs moe_min_k <= moe_max_k <= moe_num_experts")
+        return self
+
+    @property
+    def is_moe(self) -> bool:
+        return self.moe_num_experts > 1
+
+    @property
+    def active_experts(self) -> int:
+        """Experts a token may use at most (k for top-k, max_k for top-p)."""
+        if not self.is_moe:
+            return 1
+        return self.moe_max_k if self.moe_router == "topp" else self.moe_top_k
+
+
+class TrainConfig(_Strict):
+    """Optimisation: full-catalogue cross-entropy, AdamW, warm-up, clipping, early stopping."""
+
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0, description="Applied to >=2-D parameters only.")
+    warmup_steps: int = Field(100, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    grad_clip: float = Field(1.0, ge=0.0, description="Max global grad norm (0 = off).")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    patience: int = Field(10, ge=1, description="Epochs without a better valid NDCG@10.")
+    eval_every: int = Field(1, ge=1, description="Validate every N epochs.")
+    seed: int = 42
+    num_threads: int = Field(0, ge=0, description="torch threads (0 = leave torch's default).")
+
+
+class EvalConfig(_Strict):
+    ks: tuple[int, ...] = (5, 10, 20)
+    batch_size: int = Field(512, ge=1)
+    exclude_history: bool = True
+
+
+class ExperimentConfig(_Strict):
+    """Everything one run needs; stored in the artefact manifest."""
+
+    name: str = "moerec"
+    variant: Variant = "moe"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def with_num_items(self, num_items: int) -> ExperimentConfig:
+        return self.model_copy(
+            update={"model": self.model.model_copy(update={"num_items": num_items})}
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def dense_variant(model: ModelConfig, variant: Variant) -> ModelConfig:
+    """The dense model to compare a MoE config against.
+
+    ``dense-active`` matches the MoE's active feed-forward FLOPs (k experts' width);
+    ``dense-params`` matches its total feed-forward parameters (all E experts' width).
+    Attention, embeddings and head are identical, so every difference is the FFN.
+    """
+    if variant == "moe":
+        return model
+    width = model.active_experts if variant == "dense-active" else model.moe_num_experts
+    return model.model_copy(
+        update={
+            "ffn_hidden_size": model.ffn_hidden_size * width,
+            "moe_num_experts": 1,
+            "moe_top_k": 1,
+            "moe_router": "topk",
+            "moe_min_k": 1,
+            "moe_max_k": 1,
+        }
+    )
+
+
+def resolve_variant(config: ExperimentConfig, variant: Variant) -> ExperimentConfig:
+    """The same experiment with the model swapped for one of its dense baselines."""
+    return config.model_copy(
+        update={"variant": variant, "model": dense_variant(config.model, variant)}
+    )
+
+
+def load_config(
+    path: Path | None = None, overrides: dict[str, Any] | None = None
+) -> ExperimentConfig:
+    """Read a YAML experiment config (or the defaults) and apply dotted overrides.
+
+    ``overrides`` maps ``"train.epochs"``-style keys to values.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, eval)")
+        raw = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        where = f"{path}: " if path else ""
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{where}invalid config: {problems}") from None

@@ -1,0 +1,62 @@
+"""Feed-forward networks: one dense FFN, and E experts stored as stacked weights."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class FeedForward(nn.Module):
+    """The dense position-wise FFN: Linear(D→F), GELU, dropout, Linear(F→D)."""
+
+    def __init__(self, hidden_size: int, ffn_hidden_size: int, dropout: float) -> None:
+        super().__init__()
+        self.fc_in = nn.Linear(hidden_size, ffn_hidden_size)
+        self.fc_out = nn.Linear(ffn_hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (..., D) -> (..., D)."""
+        return self.fc_out(self.dropout(F.gelu(self.fc_in(x))))
+
+
+class Experts(nn.Module):
+    """E independent FFNs with the dense FFN's shape, stored as (E, ...) tensors.
+
+    Stacked storage lets dispatch slice expert e's weights without a ModuleList, and makes the
+    parameter count exactly E times the dense FFN's.
+    """
+
+    def __init__(
+        self, num_experts: int, hidden_size: int, ffn_hidden_size: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        self.w_in = nn.Parameter(torch.empty(num_experts, hidden_size, ffn_hidden_size))
+        self.b_in = nn.Parameter(torch.zeros(num_experts, ffn_hidden_size))
+        self.w_out = nn.Parameter(torch.empty(num_experts, ffn_hidden_size, hidden_size))
+        self.b_out = nn.Parameter(torch.zeros(num_experts, hidden_size))
+        self.dropout = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Same init as nn.Linear, per expert, so a 1-expert MoE starts like a dense FFN.
+        for w in (self.w_in, self.w_out):
+            bound = 1.0 / math.sqrt(w.shape[1])
+            nn.init.uniform_(w, -bound, bound)
+
+    def expert_forward(self, e: int, x: Tensor) -> Tensor:
+        """Run expert e on its tokens. x: (n_e, D) -> (n_e, D)."""
+        h = F.gelu(torch.addmm(self.b_in[e], x, self.w_in[e]))  # (n_e, F)
+        return torch.addmm(self.b_out[e], self.dropout(h), self.w_out[e])  # (n_e, D)
+
+    def load_dense(self, e: int, ffn: FeedForward) -> None:
+        """Copy a dense FFN's weights into expert e (used to check 1-expert MoE == dense)."""
+        with torch.no_grad():
+            self.w_in[e].copy_(ffn.fc_in.weight.T)
+            self.b_in[e].copy_(ffn.fc_in.bias)
+            self.w_out[e].copy_(ffn.fc_out.weight.T)
+            self.b_out[e].copy_(ffn.fc_out.bias)

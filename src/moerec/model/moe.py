@@ -1,0 +1,180 @@
+"""The sparse Mixture-of-Experts feed-forward layer.
+
+Dispatch (after megablocks): flatten every token's expert slots, sort the slots by expert, cut
+the sorted list into one contiguous slice per expert, run each expert on its slice only, and
+scatter the weighted results back with ``index_add_``. Memory is O(slots × D); no dense
+(tokens × experts × capacity) one-hot tensor is ever built, and no expert touches a token that
+was not routed to it. ``reference.py`` holds a per-token loop that must give the same answer.
+
+Shapes: N tokens, D width, E experts, K slots per token, S kept slots (≤ N·K).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from moerec.model.experts import Experts, FeedForward
+from moerec.model.router import Router, Routing, balance_loss, z_loss
+
+
+@dataclass(frozen=True)
+class RoutingStats:
+    """What one MoE layer did on one batch. Returned explicitly; nothing is kept in globals.
+
+    Counts are detached integers-as-tensors; the two losses carry gradients.
+    """
+
+    expert_counts: Tensor  # (E,) slots routed to each expert (demand, before capacity)
+    dropped_slots: Tensor  # () slots over capacity, passed through the residual instead
+    num_tokens: int
+    num_slots: int  # used slots (= N·k for top-k routing)
+    entropy_sum: Tensor  # () sum over tokens of the router distribution's entropy (nats)
+    balance_loss: Tensor  # () Switch loss, 1.0 when perfectly balanced
+    z_loss: Tensor  # ()
+    experts: Tensor  # (N, K) expert ids per token
+    weights: Tensor  # (N, K) combine weights (0 for unused slots)
+    mask: Tensor  # (N, K) slot in use
+
+    @property
+    def experts_per_token(self) -> float:
+        return self.num_slots / max(self.num_tokens, 1)
+
+    @property
+    def entropy(self) -> float:
+        return float(self.entropy_sum) / max(self.num_tokens, 1)
+
+
+def expert_capacity(capacity_factor: float, num_slots: int, num_experts: int) -> int | None:
+    """Slots each expert may take: ``ceil(cf · slots / E)``; None when cf == 0 (never drop)."""
+    if capacity_factor <= 0:
+        return None
+    return max(1, math.ceil(capacity_factor * num_slots / num_experts))
+
+
+@dataclass(frozen=True)
+class DispatchPlan:
+    """Kept slots sorted by expert: expert e owns rows [offset_e, offset_e + sizes[e])."""
+
+    tokens: Tensor  # (S,) token of each kept slot, grouped by expert
+    weights: Tensor  # (S,) combine weight of each kept slot
+    sizes: list[int]  # (E,) kept slots per expert
+    demand: Tensor  # (E,) routed slots per expert before capacity
+
+
+def plan_dispatch(routing: Routing, num_experts: int, capacity: int | None) -> DispatchPlan:
+    """Sort used slots by expert; drop the lowest-priority overflow when capacity is set.
+
+    Slots are flattened choice-major (every token's first choice, then every second choice…), and
+    the sort is stable, so an expert over capacity drops second choices before first choices and,
+    within a choice, later tokens before earlier ones (GShard's priority).
+    """
+    num_tokens, _ = routing.experts.shape
+    slot_expert = routing.experts.T.reshape(-1)  # (K·N,) choice-major
+    slot_weight = routing.weights.T.reshape(-1)  # (K·N,)
+    slot_token = torch.arange(num_tokens, device=slot_expert.device).repeat(
+        routing.experts.shape[1]
+    )  # (K·N,)
+    used = routing.mask.T.reshape(-1)  # (K·N,)
+    slot_expert, slot_weight, slot_token = slot_expert[used], slot_weight[used], slot_token[used]
+
+    order = torch.argsort(slot_expert, stable=True)  # (U,) grouped by expert
+    sorted_expert = slot_expert[order]  # (U,)
+    demand = torch.bincount(sorted_expert, minlength=num_experts)  # (E,)
+    kept = demand
+    if capacity is not None:
+        starts = demand.cumsum(0) - demand  # (E,) first sorted row of each expert
+        rank = torch.arange(order.numel(), device=order.device) - starts[sorted_expert]  # (U,)
+        order = order[rank < capacity]  # (S,)
+        kept = demand.clamp(max=capacity)
+    return DispatchPlan(
+        tokens=slot_token[order],
+        weights=slot_weight[order],
+        sizes=kept.tolist(),
+        demand=demand,
+    )
+
+
+def run_experts(experts: Experts, x: Tensor, plan: DispatchPlan) -> Tensor:
+    """Gather each expert's tokens, run it on its slice, scatter back weighted. x: (N, D)."""
+    x_sorted = x[plan.tokens]  # (S, D)
+    outputs = [
+        experts.expert_forward(e, chunk)  # (n_e, D)
+        for e, chunk in enumerate(x_sorted.split(plan.sizes))
+        if chunk.shape[0]
+    ]
+    y = x.new_zeros(x.shape)  # (N, D)
+    if outputs:
+        y_sorted = torch.cat(outputs) * plan.weights.to(x.dtype).unsqueeze(1)  # (S, D)
+        y.index_add_(0, plan.tokens, y_sorted)
+    return y
+
+
+class MoEFeedForward(nn.Module):
+    """Router + E experts: each token is processed by its chosen experts only."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        ffn_hidden_size: int,
+        num_experts: int,
+        dropout: float,
+        router_mode: str = "topk",
+        top_k: int = 2,
+        top_p: float = 0.6,
+        min_k: int = 2,
+        max_k: int = 4,
+        capacity_factor_train: float = 0.0,
+        capacity_factor_eval: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        self.router = Router(hidden_size, num_experts, router_mode, top_k, top_p, min_k, max_k)
+        self.experts = Experts(num_experts, hidden_size, ffn_hidden_size, dropout)
+        self.capacity_factor_train = capacity_factor_train
+        self.capacity_factor_eval = capacity_factor_eval
+
+    @property
+    def capacity_factor(self) -> float:
+        return self.capacity_factor_train if self.training else self.capacity_factor_eval
+
+    def forward(self, x: Tensor) -> tuple[Tensor, RoutingStats]:
+        """x: (N, D) non-padding tokens -> (N, D), RoutingStats."""
+        routing = self.router(x)
+        num_slots = int(routing.mask.sum())
+        capacity = expert_capacity(self.capacity_factor, num_slots, self.num_experts)
+        plan = plan_dispatch(routing, self.num_experts, capacity)
+        y = run_experts(self.experts, x, plan)
+        return y, self._stats(routing, plan, num_slots)
+
+    def _stats(self, routing: Routing, plan: DispatchPlan, num_slots: int) -> RoutingStats:
+        with torch.no_grad():
+            log_probs = routing.probs.clamp_min(1e-12).log()
+            entropy_sum = -(routing.probs * log_probs).sum()
+        return RoutingStats(
+            expert_counts=plan.demand,
+            dropped_slots=plan.demand.sum() - plan.tokens.new_tensor(sum(plan.sizes)),
+            num_tokens=routing.experts.shape[0],
+            num_slots=num_slots,
+            entropy_sum=entropy_sum,
+            balance_loss=balance_loss(routing.probs, routing.experts, routing.mask),
+            z_loss=z_loss(routing.logits),
+            experts=routing.experts.detach(),
+            weights=routing.weights.detach(),
+            mask=routing.mask,
+        )
+
+
+class DenseFeedForward(nn.Module):
+    """A dense FFN with the MoE layer's call signature, so blocks need no special case."""
+
+    def __init__(self, hidden_size: int, ffn_hidden_size: int, dropout: float) -> None:
+        super().__init__()
+        self.ffn = FeedForward(hidden_size, ffn_hidden_size, dropout)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, RoutingStats | None]:
+        """x: (N, D) -> (N, D), no routing."""
+        return self.ffn(x), None

@@ -1,0 +1,112 @@
+"""The sequential recommender: a user's recent items → scores for every item in the catalogue.
+
+Histories are left-padded with item id 0, so the most recent item is always the last column and
+always gets the last position embedding, whatever the history's length.
+
+Shapes: B batch, T positions, D width, V catalogue size + 1 (column 0 is padding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from moerec.config import ModelConfig
+from moerec.model.encoder import Block, attention_mask
+from moerec.model.experts import Experts
+from moerec.model.moe import RoutingStats
+
+PADDING_ID = 0
+
+
+@dataclass(frozen=True)
+class EncoderOutput:
+    hidden: Tensor  # (B, T, D) final-norm hidden state of every position
+    token_mask: Tensor  # (B, T) True where an item (not padding) sits
+    aux_loss: Tensor  # () weighted balance + z-loss, summed over MoE layers
+    routing: list[RoutingStats]  # one per MoE layer (empty for a dense model)
+
+
+class SequentialRecommender(nn.Module):
+    """Item + position embeddings → N causal blocks (MoE FFN) → head tied to item embeddings."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.num_items < 1:
+            raise ValueError("ModelConfig.num_items must be set from the data before building")
+        self.config = config
+        self.item_embedding = nn.Embedding(
+            config.num_items + 1, config.hidden_size, padding_idx=PADDING_ID
+        )
+        self.position_embedding = nn.Embedding(config.max_len, config.hidden_size)
+        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.final_norm = nn.LayerNorm(config.hidden_size)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, Experts):
+            nn.init.normal_(module.w_in, std=0.02)
+            nn.init.normal_(module.w_out, std=0.02)
+
+    def forward(self, item_seq: Tensor) -> EncoderOutput:
+        """item_seq: (B, T) left-padded item ids, T ≤ max_len -> EncoderOutput."""
+        seq_len = item_seq.shape[1]
+        if seq_len > self.config.max_len:
+            item_seq = item_seq[:, -self.config.max_len :]
+            seq_len = self.config.max_len
+        token_mask = item_seq != PADDING_ID  # (B, T)
+        positions = torch.arange(
+            self.config.max_len - seq_len, self.config.max_len, device=item_seq.device
+        )  # (T,) right-aligned
+        x = self.item_embedding(item_seq) + self.position_embedding(positions)  # (B, T, D)
+        x = self.embedding_dropout(x)
+        mask = attention_mask(token_mask)  # (B, 1, T, T)
+        aux_loss = x.new_zeros(())
+        routing: list[RoutingStats] = []
+        for block in self.blocks:
+            x, stats = block(x, mask, token_mask)
+            if stats is not None:
+                routing.append(stats)
+                aux_loss = (
+                    aux_loss
+                    + self.config.moe_balance_coef * stats.balance_loss
+                    + self.config.moe_z_coef * stats.z_loss
+                )
+        hidden = self.final_norm(x)  # (B, T, D)
+        return EncoderOutput(
+            hidden=hidden, token_mask=token_mask, aux_loss=aux_loss, routing=routing
+        )
+
+    def item_embeddings(self) -> Tensor:
+        """(V, D): the table the head is tied to; row 0 is padding."""
+        return self.item_embedding.weight
+
+    def score(self, hidden: Tensor) -> Tensor:
+        """hidden: (..., D) -> logits (..., V) over the whole catalogue; padding gets -inf."""
+        logits = hidden @ self.item_embedding.weight.T  # (..., V)
+        logits[..., PADDING_ID] = float("-inf")
+        return logits
+
+    def item_logits(self, hidden: Tensor) -> Tensor:
+        """hidden: (..., D) -> logits (..., V - 1) over real items only: column j is item j + 1.
+
+        The training loss uses this form: no -inf padding column to trip label smoothing.
+        """
+        return hidden @ self.item_embedding.weight[1:].T  # (..., V - 1)
+
+    def encode_users(self, item_seq: Tensor) -> tuple[Tensor, EncoderOutput]:
+        """The user representation: the last position's hidden state. -> (B, D), EncoderOutput."""
+        out = self(item_seq)
+        return out.hidden[:, -1], out

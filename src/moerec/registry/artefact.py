@@ -1,0 +1,179 @@
+"""Versioned model artefacts: a directory per trained model that loads back bit-identically.
+
+    <registry>/<name>/v0001/
+        model.safetensors   weights (safetensors: no pickle, so loading runs no code)
+        vocab.json          raw item and user ids, in encoded order
+        manifest.json       format, config, metrics, data fingerprint, sha256 of each file
+
+Loading verifies every checksum before reading a byte of weights: a corrupted or tampered
+artefact is refused with a message that says which file and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import moerec
+from moerec import MoerecError
+from moerec.config import ExperimentConfig
+from moerec.data.vocab import Vocabulary
+from moerec.model import SequentialRecommender
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+VOCAB = "vocab.json"
+MANIFEST = "manifest.json"
+_VERSION_DIR = re.compile(r"^v(\d{4,})$")
+
+
+class ArtefactError(MoerecError):
+    """A model artefact that cannot be used as it is."""
+
+
+@dataclass(frozen=True)
+class Artefact:
+    path: Path
+    model: SequentialRecommender
+    config: ExperimentConfig
+    vocab: Vocabulary
+    manifest: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def list_versions(model_dir: Path) -> list[Path]:
+    """Version directories of one model name, oldest first."""
+    if not model_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in model_dir.iterdir() if (m := _VERSION_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_artefact(path: Path | str) -> Path:
+    """A version directory as given, or the newest version under a model-name directory."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path
+    versions = list_versions(path)
+    if versions:
+        return versions[-1]
+    raise ArtefactError(
+        f"{path}: no model artefact here (expected {MANIFEST}, or version folders v0001, …). "
+        "Train one with `moerec train --data … --registry DIR`."
+    )
+
+
+def save_artefact(
+    registry: Path | str,
+    name: str,
+    model: SequentialRecommender,
+    config: ExperimentConfig,
+    vocab: Vocabulary,
+    metrics: dict[str, Any],
+    data_fingerprint: str,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the next version of ``name`` atomically (temp dir, then rename); return its path."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ArtefactError(f"model name {name!r} must be letters, digits, '.', '_' or '-'")
+    model_dir = Path(registry) / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    try:
+        weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(weights, str(staging / WEIGHTS))
+        (staging / VOCAB).write_text(json.dumps(vocab.to_dict()), encoding="utf-8")
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "moerec_version": moerec.__version__,
+            "torch_version": torch.__version__,
+            "config": config.to_dict(),
+            "metrics": metrics,
+            "data_fingerprint": data_fingerprint,
+            "files": {f: sha256_file(staging / f) for f in (WEIGHTS, VOCAB)},
+            **(extra or {}),
+        }
+        return _publish(model_dir, staging, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(model_dir: Path, staging: Path, manifest: dict[str, Any]) -> Path:
+    """Claim the next free version number; rename is atomic, so readers never see half a model."""
+    while True:
+        versions = list_versions(model_dir)
+        number = int(versions[-1].name[1:]) + 1 if versions else 1
+        manifest["version"] = f"v{number:04d}"
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        target = model_dir / manifest["version"]
+        try:
+            os.rename(staging, target)
+        except OSError:  # another writer took this number first
+            if target.exists():
+                continue
+            raise
+        return target
+
+
+def load_artefact(path: Path | str) -> Artefact:
+    """Verify checksums, rebuild the model from its config, load weights strictly."""
+    path = resolve_artefact(path)
+    manifest = _read_manifest(path)
+    for file_name, expected in manifest["files"].items():
+        file_path = path / file_name
+        if not file_path.is_file():
+            raise ArtefactError(f"{file_path}: missing from the artefact; re-export the model")
+        actual = sha256_file(file_path)
+        if actual != expected:
+            raise ArtefactError(
+                f"{file_path}: checksum mismatch (manifest {expected[:12]}…, file {actual[:12]}…); "
+                "the artefact is corrupted or was modified. Restore it or load another version."
+            )
+    try:
+        config = ExperimentConfig.model_validate(manifest["config"])
+        vocab = Vocabulary.from_dict(json.loads((path / VOCAB).read_text(encoding="utf-8")))
+        model = SequentialRecommender(config.model)
+        model.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ArtefactError(f"{path}: cannot rebuild the model from this artefact: {exc}") from None
+    model.eval()
+    return Artefact(path=path, model=model, config=config, vocab=vocab, manifest=manifest)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtefactError(f"{path / MANIFEST}: unreadable manifest: {exc}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ArtefactError(f"{path / MANIFEST}: not a moerec manifest (no 'files' section)")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtefactError(
+            f"{path / MANIFEST}: artefact format {manifest.get('format_version')!r} is not "
+            f"supported by this moerec (format {FORMAT_VERSION}); upgrade moerec or re-export"
+        )
+    return manifest

@@ -1,0 +1,165 @@
+"""The command line end to end, in-process, on files the tests write."""
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from moerec.cli import app
+from moerec.data.synthetic import generate_interactions, write_csv
+
+runner = CliRunner()
+TINY = [
+    "--set",
+    "model.max_len=20",
+    "--set",
+    "model.hidden_size=32",
+    "--set",
+    "model.ffn_hidden_size=32",
+    "--set",
+    "model.moe_num_experts=4",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "train.batch_size=64",
+]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "interactions.csv"
+    write_csv(generate_interactions(num_users=150, num_items=80, seed=2), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, data_file):
+    root = tmp_path_factory.mktemp("work")
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(data_file),
+            "--registry",
+            str(root / "models"),
+            "--name",
+            "cli",
+            "--run-dir",
+            str(root / "run"),
+            "--quiet",
+            *TINY,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "saved model" in result.output
+    return root / "models" / "cli"
+
+
+def test_data_stats_prints_counts(data_file):
+    result = runner.invoke(app, ["data", "stats", "--data", str(data_file)])
+    assert result.exit_code == 0, result.output
+    assert "users" in result.output
+    assert "150" in result.output
+
+
+def test_evaluate_json_uses_the_project_metric_schema(model_dir, data_file):
+    result = runner.invoke(
+        app, ["evaluate", "--model", str(model_dir), "--data", str(data_file), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert {"hr@10", "ndcg@10", "mrr@10", "hr@5", "ndcg@20", "coverage@10"} <= report[
+        "metrics"
+    ].keys()
+    assert report["version"] == "v0001"
+    assert report["cost"]["flops_per_request"] > 0
+
+
+def test_recommend_for_one_user_shows_items_and_experts(model_dir, data_file):
+    result = runner.invoke(
+        app,
+        [
+            "recommend",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(data_file),
+            "--user",
+            "1",
+            "-k",
+            "5",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "experts used" in result.output
+
+
+def test_recommend_all_users_writes_ranked_rows(model_dir, data_file, tmp_path):
+    output = tmp_path / "recs.csv"
+    result = runner.invoke(
+        app,
+        [
+            "recommend",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(data_file),
+            "--all-users",
+            "--split",
+            "test",
+            "--output",
+            str(output),
+            "-k",
+            "3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(output.open()))
+    assert rows[0].keys() == {"user", "rank", "item", "score"}
+    assert [r["rank"] for r in rows[:3]] == ["1", "2", "3"]
+    assert len({r["user"] for r in rows}) == 150
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data", "does-not-exist.csv"], "does-not-exist.csv"),
+        (
+            [
+                "train",
+                "--data",
+                "{data}",
+                "--set",
+                "model.hidden_size=30",
+                "--set",
+                "model.num_heads=4",
+            ],
+            "divisible",
+        ),
+        (["train", "--data", "{data}", "--set", "nonsense"], "key=value"),
+        (["train", "--data", "{data}", "--variant", "huge"], "--variant"),
+        (["evaluate", "--model", "{tmp}", "--data", "{data}"], "no model artefact"),
+        (["recommend", "--model", "{model}", "--data", "{data}"], "--user"),
+        (["recommend", "--model", "{model}", "--data", "{data}", "--user", "nobody"], "nobody"),
+        (["recommend", "--model", "{model}", "--data", "{data}", "--all-users"], "--output"),
+    ],
+)
+def test_bad_input_gets_a_one_line_error_and_exit_code_2(
+    args, message, data_file, model_dir, tmp_path
+):
+    filled = [a.format(data=data_file, tmp=tmp_path, model=model_dir) for a in args]
+    result = runner.invoke(app, filled)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_corrupt_data_file_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,item,timestamp\n1,2,3\n1,3,not-a-time\n")
+    result = runner.invoke(app, ["data", "stats", "--data", str(bad)])
+    assert result.exit_code == 2
+    assert "bad.csv" in result.output
+    assert "3" in result.output

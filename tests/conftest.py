@@ -1,0 +1,49 @@
+"""Shared fixtures: a small synthetic data set and a model trained on it once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from moerec.config import ExperimentConfig
+from moerec.data.dataset import Dataset, dataset_from_interactions
+from moerec.data.synthetic import generate_interactions
+from moerec.training import TrainResult, train
+from tests.helpers import small_config
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The public data sets, when this checkout sits beside them; tests skip otherwise."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("public data sets not present next to the repository")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset() -> Dataset:
+    return dataset_from_interactions(generate_interactions(num_users=300, num_items=120, seed=5))
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> ExperimentConfig:
+    return small_config()
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_dataset: Dataset, tiny_config: ExperimentConfig, tmp_path_factory) -> TrainResult:
+    run_dir = tmp_path_factory.mktemp("run")
+    return train(tiny_dataset, tiny_config, run_dir=run_dir, progress=False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_threads() -> None:
+    # Two test workers on a two-core machine: one torch thread each avoids oversubscription.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)

@@ -1,0 +1,82 @@
+import json
+
+import pytest
+import torch
+
+from moerec.registry import ArtefactError, list_versions, load_artefact, save_artefact
+from moerec.registry.artefact import MANIFEST, WEIGHTS
+
+
+@pytest.fixture
+def saved(tmp_path, trained, tiny_dataset):
+    return save_artefact(
+        tmp_path,
+        "tiny",
+        trained.model,
+        trained.config,
+        tiny_dataset.vocab,
+        trained.metrics(),
+        tiny_dataset.fingerprint,
+    )
+
+
+def test_artefact_loads_back_bit_identically(saved, trained, tiny_dataset):
+    artefact = load_artefact(saved)
+    original = trained.model.state_dict()
+    loaded = artefact.model.state_dict()
+    assert original.keys() == loaded.keys()
+    for key, tensor in original.items():
+        assert torch.equal(tensor, loaded[key]), key
+    assert artefact.config == trained.config
+    assert artefact.vocab == tiny_dataset.vocab
+    assert artefact.manifest["data_fingerprint"] == tiny_dataset.fingerprint
+    assert artefact.manifest["metrics"]["test"]["ndcg@10"] == trained.test.metrics["ndcg@10"]
+
+
+def test_loaded_model_scores_exactly_like_the_trained_one(saved, trained):
+    artefact = load_artefact(saved)
+    trained.model.eval()
+    seq = torch.tensor([[0, 0, 3, 7, 9], [1, 2, 3, 4, 5]])
+    expected = trained.model.score(trained.model.encode_users(seq)[0])
+    actual = artefact.model.score(artefact.model.encode_users(seq)[0])
+    assert torch.equal(expected, actual)
+
+
+def test_versions_increase_and_a_model_folder_resolves_to_the_newest(saved, trained, tiny_dataset):
+    second = save_artefact(
+        saved.parent.parent, "tiny", trained.model, trained.config, tiny_dataset.vocab, {}, "x"
+    )
+    assert [p.name for p in list_versions(saved.parent)] == ["v0001", "v0002"]
+    assert load_artefact(saved.parent).path == second
+
+
+def test_a_flipped_byte_in_the_weights_is_refused(saved):
+    weights = saved / WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtefactError, match="checksum mismatch"):
+        load_artefact(saved)
+
+
+def test_a_manifest_edited_to_match_tampered_config_is_still_refused(saved):
+    manifest = json.loads((saved / MANIFEST).read_text())
+    manifest["config"]["model"]["hidden_size"] = 64  # weights no longer fit
+    (saved / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ArtefactError, match="cannot rebuild"):
+        load_artefact(saved)
+
+
+def test_missing_weights_and_empty_folders_give_clear_errors(saved, tmp_path):
+    (saved / WEIGHTS).unlink()
+    with pytest.raises(ArtefactError, match="missing"):
+        load_artefact(saved)
+    with pytest.raises(ArtefactError, match="no model artefact"):
+        load_artefact(tmp_path / "nothing-here")
+
+
+def test_bad_model_names_are_refused(tmp_path, trained, tiny_dataset):
+    with pytest.raises(ArtefactError, match="model name"):
+        save_artefact(
+            tmp_path, "../escape", trained.model, trained.config, tiny_dataset.vocab, {}, ""
+        )
