@@ -79,28 +79,37 @@ def test_dense_model_is_fully_active_and_differs_only_in_ffn(config, moe_model, 
 
 
 def test_dense_flops_match_hand_count(config):
-    """Every matmul accounted for, attention included (CPU SDPA is not counted by torch)."""
+    """Every matmul accounted for, attention included (CPU SDPA is not counted by torch).
+
+    The final block computes only the last position's query, output projection and FFN.
+    """
     model = build(config, "dense-active")
     width = FFN * TOP_K
     seq = config.max_len
-    per_layer = (
-        2 * seq * HIDDEN * 3 * HIDDEN  # qkv projection
-        + 2 * seq * HIDDEN * HIDDEN  # output projection
-        + 2 * 2 * seq * seq * HIDDEN  # QKᵀ and (softmax)V over all heads
-    )
-    ffn = 2 * 2 * seq * HIDDEN * width  # two linear layers
+
+    def layer(queries: int) -> int:
+        return (
+            2 * seq * HIDDEN * 3 * HIDDEN  # qkv projection (keys/values of every position)
+            + 2 * queries * HIDDEN * HIDDEN  # output projection
+            + 2 * 2 * queries * seq * HIDDEN  # QKᵀ and (softmax)V over all heads
+        )
+
+    def ffn(tokens: int) -> int:
+        return 2 * 2 * tokens * HIDDEN * width  # two linear layers
+
     scoring = 2 * HIDDEN * (NUM_ITEMS + 1)  # last position against the catalogue
     cost = measure_cost(model)
-    assert cost.ffn_flops_per_request == LAYERS * ffn
-    assert cost.flops_per_request == LAYERS * (per_layer + ffn) + scoring
+    assert cost.ffn_flops_per_request == (LAYERS - 1) * ffn(seq) + ffn(1)
+    full = (LAYERS - 1) * (layer(seq) + ffn(seq))
+    assert cost.flops_per_request == full + layer(1) + ffn(1) + scoring
 
 
 def test_moe_ffn_flops_are_router_plus_k_expert_passes_per_token(moe_model, config):
     cost = measure_cost(moe_model)
-    seq = config.max_len
-    router = 2 * seq * HIDDEN * EXPERTS
-    experts = TOP_K * seq * 2 * 2 * HIDDEN * FFN  # k expert FFNs per token, no more
-    assert cost.ffn_flops_per_request == LAYERS * (router + experts)
+    tokens = (LAYERS - 1) * config.max_len + 1  # the final block routes the last item only
+    router = 2 * tokens * HIDDEN * EXPERTS
+    experts = TOP_K * tokens * 2 * 2 * HIDDEN * FFN  # k expert FFNs per token, no more
+    assert cost.ffn_flops_per_request == router + experts
     assert cost.experts_per_token == TOP_K
 
 
@@ -138,16 +147,19 @@ def test_flops_are_positive_and_grow_with_max_len(config):
     long = measure_cost(build(config, max_len=32))
     assert short.flops_per_request > 0
     assert short.ffn_flops_per_request > 0
-    # Everything per-token doubles and attention quadruples; only scoring is fixed.
-    assert long.flops_per_request > 2 * short.flops_per_request * 0.95
-    assert long.ffn_flops_per_request == 2 * short.ffn_flops_per_request
+    # Per-token work doubles in every block but the final one (last position only).
+    assert long.flops_per_request > 1.5 * short.flops_per_request
+    routed = lambda seq: (LAYERS - 1) * seq + 1  # noqa: E731 tokens through an FFN
+    assert long.ffn_flops_per_request * routed(16) == short.ffn_flops_per_request * routed(32)
 
 
 def test_a_shorter_history_costs_less(moe_model):
     full = measure_cost(moe_model)
     half = measure_cost(moe_model, torch.arange(1, 9))
     assert half.flops_per_request < full.flops_per_request
-    assert half.ffn_flops_per_request * 2 == full.ffn_flops_per_request
+    routed = lambda seq: (LAYERS - 1) * seq + 1  # noqa: E731 tokens through an FFN
+    max_len = moe_model.config.max_len
+    assert half.ffn_flops_per_request * routed(max_len) == full.ffn_flops_per_request * routed(8)
 
 
 def test_default_history_is_deterministic(moe_model):

@@ -69,7 +69,21 @@ def test_forward_shapes(model, config):
     assert out.aux_loss.shape == ()
     assert len(out.routing) == config.num_layers
     user, _ = model.encode_users(items)
-    assert torch.equal(user, out.hidden[:, -1])
+    torch.testing.assert_close(user, out.hidden[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_last_only_forward_equals_the_full_forward_at_the_last_position(model):
+    items = torch.randint(1, NUM_ITEMS + 1, (4, MAX_LEN))  # (B, T)
+    items[0, :5] = PADDING_ID
+    full = model(items)
+    last = model(items, last_only=True)
+    assert last.hidden.shape == (4, 1, full.hidden.shape[-1])
+    torch.testing.assert_close(last.hidden[:, 0], full.hidden[:, -1], atol=1e-5, rtol=1e-5)
+    for (e_full, w_full, _), (e_last, w_last, _) in zip(
+        full.last_position_routing(), last.last_position_routing(), strict=True
+    ):
+        assert torch.equal(e_full, e_last)
+        torch.testing.assert_close(w_full, w_last, atol=1e-5, rtol=1e-5)
 
 
 def test_histories_longer_than_max_len_keep_the_most_recent_items(model):
@@ -98,7 +112,7 @@ def test_left_padding_does_not_change_the_user_representation(model, history):
     users, out = model.encode_users(batch)
     torch.testing.assert_close(users[:1], reference, atol=1e-5, rtol=1e-5)
     # Every real position agrees, not only the last one.
-    real = out.hidden[0, -len(history) :]  # (L, D)
+    real = model(batch).hidden[0, -len(history) :]  # (L, D)
     torch.testing.assert_close(real, model(history[None]).hidden[0], atol=1e-5, rtol=1e-5)
 
 

@@ -17,7 +17,6 @@ from torch import Tensor
 
 from moerec import MoerecError
 from moerec.data.batching import flat_rows, left_pad
-from moerec.model import RoutingStats
 from moerec.registry import Artefact, load_artefact
 
 
@@ -87,23 +86,23 @@ class Predictor:
             scores[torch.from_numpy(batch_pos), torch.from_numpy(items[flat])] = float("-inf")
         k = min(k, self.model.config.num_items)
         top_scores, top_items = scores.topk(k, dim=1)  # (B, k)
-        last_token = out.token_mask.sum(dim=1).cumsum(0) - 1  # (B,) flat index of last item
+        routing = out.last_position_routing()
         return [
-            self._recommendation(top_items[b], top_scores[b], out.routing, int(last_token[b]))
+            self._recommendation(top_items[b], top_scores[b], routing, b)
             for b in range(len(histories))
         ]
 
     def _recommendation(
-        self, items: Tensor, scores: Tensor, routing: list[RoutingStats], token: int
+        self, items: Tensor, scores: Tensor, routing: list[tuple[Tensor, Tensor, Tensor]], b: int
     ) -> Recommendation:
         keep = torch.isfinite(scores)  # fewer than k items left after exclusion
         experts = [
             ExpertUse(
                 layer=layer,
-                experts=stats.experts[token][stats.mask[token]].tolist(),
-                weights=[round(w, 4) for w in stats.weights[token][stats.mask[token]].tolist()],
+                experts=experts[b][mask[b]].tolist(),
+                weights=[round(w, 4) for w in weights[b][mask[b]].tolist()],
             )
-            for layer, stats in enumerate(routing)
+            for layer, (experts, weights, mask) in enumerate(routing)
         ]
         return Recommendation(
             items=self.vocab.decode_items(items[keep].tolist()),

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moerec.config import ModelConfig
+from moerec.model.dropout import Dropout
 from moerec.model.moe import DenseFeedForward, MoEFeedForward, RoutingStats
 
 
@@ -32,19 +33,30 @@ class CausalSelfAttention(nn.Module):
         self.num_heads = num_heads
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
         self.proj = nn.Linear(hidden_size, hidden_size)
-        self.attention_dropout = attention_dropout
+        self.attention_dropout = Dropout(attention_dropout)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """x: (B, T, D), mask: (B, 1, T, T) -> (B, T, D)."""
+    def forward(self, x: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
+        """x: (B, T, D), mask: (B, 1, T, T) -> (B, T, D), or (B, 1, D) with ``last_only``.
+
+        ``last_only`` asks only the last position's question (its keys and values still come
+        from every position): all that scoring a user needs from the final block.
+        """
         batch, seq_len, width = x.shape
         q, k, v = self.qkv(x).split(width, dim=2)  # 3 × (B, T, D)
         head_shape = (batch, seq_len, self.num_heads, width // self.num_heads)
         q = q.view(head_shape).transpose(1, 2)  # (B, H, T, hs)
         k = k.view(head_shape).transpose(1, 2)  # (B, H, T, hs)
         v = v.view(head_shape).transpose(1, 2)  # (B, H, T, hs)
-        dropout = self.attention_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        y = y.transpose(1, 2).reshape(batch, seq_len, width)  # (B, T, D)
+        if last_only:
+            q, mask = q[:, :, -1:], mask[:, :, -1:]  # (B, H, 1, hs), (B, 1, 1, T)
+        if self.training and self.attention_dropout.p > 0:
+            # SDPA's own dropout draws with bernoulli_, several times slower on CPU.
+            scores = (q @ k.transpose(-2, -1)) * k.shape[-1] ** -0.5  # (B, H, T, T)
+            weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+            y = self.attention_dropout(weights) @ v  # (B, H, T, hs)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hs)
+        y = y.transpose(1, 2).reshape(batch, q.shape[2], width)  # (B, T or 1, D)
         return self.proj(y)
 
 
@@ -78,13 +90,19 @@ class Block(nn.Module):
         )
         self.norm_ffn = nn.LayerNorm(config.hidden_size)
         self.ffn = build_feed_forward(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(
-        self, x: Tensor, mask: Tensor, token_mask: Tensor
+        self, x: Tensor, mask: Tensor, token_mask: Tensor, last_only: bool = False
     ) -> tuple[Tensor, RoutingStats | None]:
-        """x: (B, T, D), mask: (B, 1, T, T), token_mask: (B, T) -> (B, T, D), routing stats."""
-        x = x + self.dropout(self.attn(self.norm_attn(x), mask))
+        """x: (B, T, D), mask: (B, 1, T, T), token_mask: (B, T) -> (B, T, D), routing stats.
+
+        With ``last_only`` the block computes the last position alone: -> (B, 1, D).
+        """
+        attended = self.attn(self.norm_attn(x), mask, last_only)  # (B, T or 1, D)
+        if last_only:
+            x, token_mask = x[:, -1:], token_mask[:, -1:]
+        x = x + self.dropout(attended)
         tokens = self.norm_ffn(x)[token_mask]  # (N, D): experts never see padding
         y, stats = self.ffn(tokens)  # (N, D)
         update = x.new_zeros(x.shape)  # (B, T, D)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moerec.model.dropout import Dropout
+
 
 class FeedForward(nn.Module):
     """The dense position-wise FFN: Linear(D→F), GELU, dropout, Linear(F→D)."""
@@ -16,7 +18,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc_in = nn.Linear(hidden_size, ffn_hidden_size)
         self.fc_out = nn.Linear(ffn_hidden_size, hidden_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (..., D) -> (..., D)."""
@@ -39,7 +41,7 @@ class Experts(nn.Module):
         self.b_in = nn.Parameter(torch.zeros(num_experts, ffn_hidden_size))
         self.w_out = nn.Parameter(torch.empty(num_experts, ffn_hidden_size, hidden_size))
         self.b_out = nn.Parameter(torch.zeros(num_experts, hidden_size))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from moerec.config import ModelConfig
 from moerec.model.encoder import Block, attention_mask
+from moerec.model.dropout import Dropout
 from moerec.model.experts import Experts
 from moerec.model.moe import RoutingStats
 
@@ -27,6 +28,14 @@ class EncoderOutput:
     token_mask: Tensor  # (B, T) True where an item (not padding) sits
     aux_loss: Tensor  # () weighted balance + z-loss, summed over MoE layers
     routing: list[RoutingStats]  # one per MoE layer (empty for a dense model)
+    last_position: list[Tensor]  # per MoE layer, (B,) row of each user's last item in its stats
+
+    def last_position_routing(self) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Per MoE layer: (experts, weights, mask), each (B, K), of each user's last item."""
+        return [
+            (s.experts[rows], s.weights[rows], s.mask[rows])
+            for s, rows in zip(self.routing, self.last_position, strict=True)
+        ]
 
 
 class SequentialRecommender(nn.Module):
@@ -41,7 +50,7 @@ class SequentialRecommender(nn.Module):
             config.num_items + 1, config.hidden_size, padding_idx=PADDING_ID
         )
         self.position_embedding = nn.Embedding(config.max_len, config.hidden_size)
-        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.embedding_dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size)
         self.apply(self._init_weights)
@@ -60,8 +69,13 @@ class SequentialRecommender(nn.Module):
             nn.init.normal_(module.w_in, std=0.02)
             nn.init.normal_(module.w_out, std=0.02)
 
-    def forward(self, item_seq: Tensor) -> EncoderOutput:
-        """item_seq: (B, T) left-padded item ids, T ≤ max_len -> EncoderOutput."""
+    def forward(self, item_seq: Tensor, last_only: bool = False) -> EncoderOutput:
+        """item_seq: (B, T) left-padded item ids, T ≤ max_len -> EncoderOutput.
+
+        ``last_only`` (inference) runs the final block for the last position only, so
+        ``hidden`` is (B, 1, D) and the final layer's routing covers each user's last item.
+        Every row must then end with an item, as left-padded histories do.
+        """
         seq_len = item_seq.shape[1]
         if seq_len > self.config.max_len:
             item_seq = item_seq[:, -self.config.max_len :]
@@ -75,18 +89,28 @@ class SequentialRecommender(nn.Module):
         mask = attention_mask(token_mask)  # (B, 1, T, T)
         aux_loss = x.new_zeros(())
         routing: list[RoutingStats] = []
-        for block in self.blocks:
-            x, stats = block(x, mask, token_mask)
+        last_position: list[Tensor] = []
+        all_rows = token_mask.sum(dim=1).cumsum(0) - 1  # (B,) flat row of each last item
+        for i, block in enumerate(self.blocks):
+            final_only = last_only and i == len(self.blocks) - 1
+            x, stats = block(x, mask, token_mask, final_only)
             if stats is not None:
                 routing.append(stats)
+                last_position.append(
+                    torch.arange(x.shape[0], device=x.device) if final_only else all_rows
+                )
                 aux_loss = (
                     aux_loss
                     + self.config.moe_balance_coef * stats.balance_loss
                     + self.config.moe_z_coef * stats.z_loss
                 )
-        hidden = self.final_norm(x)  # (B, T, D)
+        hidden = self.final_norm(x)  # (B, T, D), or (B, 1, D) with last_only
         return EncoderOutput(
-            hidden=hidden, token_mask=token_mask, aux_loss=aux_loss, routing=routing
+            hidden=hidden,
+            token_mask=token_mask,
+            aux_loss=aux_loss,
+            routing=routing,
+            last_position=last_position,
         )
 
     def item_embeddings(self) -> Tensor:
@@ -107,6 +131,9 @@ class SequentialRecommender(nn.Module):
         return hidden @ self.item_embedding.weight[1:].T  # (..., V - 1)
 
     def encode_users(self, item_seq: Tensor) -> tuple[Tensor, EncoderOutput]:
-        """The user representation: the last position's hidden state. -> (B, D), EncoderOutput."""
-        out = self(item_seq)
+        """The user representation: the last position's hidden state. -> (B, D), EncoderOutput.
+
+        Only the last position is computed in the final block; histories must be non-empty.
+        """
+        out = self(item_seq, last_only=True)
         return out.hidden[:, -1], out
