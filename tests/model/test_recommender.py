@@ -109,7 +109,7 @@ def test_left_padding_does_not_change_the_user_representation(model, history):
     # Sharing a batch with a longer history (so padding differs per row) changes nothing either.
     other = torch.randint(1, NUM_ITEMS + 1, (MAX_LEN,))
     batch = torch.stack([left_pad(history, MAX_LEN), other])  # (2, T)
-    users, out = model.encode_users(batch)
+    users, _ = model.encode_users(batch)
     torch.testing.assert_close(users[:1], reference, atol=1e-5, rtol=1e-5)
     # Every real position agrees, not only the last one.
     real = model(batch).hidden[0, -len(history) :]  # (L, D)

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from moerec.config import ModelConfig
-from moerec.model.encoder import Block, attention_mask
 from moerec.model.dropout import Dropout
+from moerec.model.encoder import Block, attention_mask
 from moerec.model.experts import Experts
 from moerec.model.moe import RoutingStats
 
