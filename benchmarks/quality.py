@@ -26,6 +26,7 @@ import torch
 from moerec.config import VARIANTS, ExperimentConfig, load_config, resolve_variant
 from moerec.data.dataset import Dataset, dataset_from_interactions, load_dataset
 from moerec.data.synthetic import generate_interactions
+from moerec.evaluation import evaluate_popularity
 from moerec.evaluation.cost import measure_cost
 from moerec.training import train
 
@@ -97,7 +98,7 @@ def prepare(name: str, args: argparse.Namespace) -> tuple[Dataset, ExperimentCon
 def run_dataset(
     name: str, dataset: Dataset, config: ExperimentConfig, args: argparse.Namespace
 ) -> dict[str, Any]:
-    rows = []
+    rows = [popularity_row(dataset, config)]
     for variant in args.variants.split(","):
         cfg = resolve_variant(config, variant)  # type: ignore[arg-type]
         print(f"[{name}] training {variant}", file=sys.stderr)
@@ -130,9 +131,20 @@ def run_dataset(
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "python": platform.python_version(),
+            "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "libc",
         },
         "measured_at": time.strftime("%Y-%m-%d"),
         "rows": rows,
+    }
+
+
+def popularity_row(dataset: Dataset, config: ExperimentConfig) -> dict[str, Any]:
+    """Most-popular items, same protocol: the floor that shows a model learned anything."""
+    ks, split = config.eval.ks, dataset.split
+    return {
+        "variant": "popularity",
+        "valid": evaluate_popularity(split.train, split.valid, dataset.num_items, ks).metrics,
+        "test": evaluate_popularity(split.train, split.test, dataset.num_items, ks).metrics,
     }
 
 
@@ -187,6 +199,10 @@ def _dataset_section(report: dict[str, Any]) -> list[str]:
         "|---|" + "---:|" * (len(HEADLINE) + 6),
     ]
     for row in report["rows"]:
+        if "cost" not in row:  # a baseline without a model
+            metrics = " | ".join(f"{row['test'][k]:.4f}" for k in HEADLINE)
+            lines.append(f"| {row['variant']} | {metrics} | | | | | | |")
+            continue
         c = row["cost"]
         lines.append(
             f"| {row['variant']} | "

@@ -7,12 +7,14 @@ batch. No per-user Python loop, no sampled negatives.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from moerec.data.batching import flat_rows, left_pad, trim_padding
+from moerec.data.sequences import Sequences
 from moerec.data.split import EvalSet
 from moerec.evaluation.metrics import metrics_from_ranks, target_ranks
 from moerec.evaluation.routing import RoutingSummary
@@ -46,22 +48,61 @@ def evaluate(
     exclude_history: bool = True,
 ) -> EvaluationResult:
     """Rank each target among all items with the user's history excluded."""
-    started = time.perf_counter()
     was_training = model.training
     model.eval()
-    num_users = int(eval_set.targets.shape[0])
-    num_items = model.config.num_items
-    max_len = model.config.max_len
-    offsets, items = eval_set.histories.offsets, eval_set.histories.items
     routing = RoutingSummary()
+    offsets, items = eval_set.histories.offsets, eval_set.histories.items
+
+    def score(rows: np.ndarray) -> torch.Tensor:
+        seq = left_pad(offsets, items, rows, model.config.max_len)
+        user_hidden, out = model.encode_users(torch.from_numpy(trim_padding(seq)))  # (B, D)
+        routing.add(out.routing)
+        return model.score(user_hidden)  # (B, V)
+
+    try:
+        return rank_eval_set(
+            eval_set, model.config.num_items, score, ks, batch_size, exclude_history, routing
+        )
+    finally:
+        model.train(was_training)
+
+
+def evaluate_popularity(
+    train: Sequences,
+    eval_set: EvalSet,
+    num_items: int,
+    ks: tuple[int, ...] = (5, 10, 20),
+    batch_size: int = 512,
+    exclude_history: bool = True,
+) -> EvaluationResult:
+    """The most-popular-items baseline under the same protocol: a floor every model must beat."""
+    counts = torch.from_numpy(np.bincount(train.items, minlength=num_items + 1)).double()
+    counts[0] = float("-inf")  # padding
+
+    def score(rows: np.ndarray) -> torch.Tensor:
+        return counts.expand(rows.shape[0], -1).clone()  # (B, V)
+
+    return rank_eval_set(eval_set, num_items, score, ks, batch_size, exclude_history)
+
+
+def rank_eval_set(
+    eval_set: EvalSet,
+    num_items: int,
+    score: Callable[[np.ndarray], torch.Tensor],
+    ks: tuple[int, ...],
+    batch_size: int,
+    exclude_history: bool,
+    routing: RoutingSummary | None = None,
+) -> EvaluationResult:
+    """Rank every target given ``score(rows) -> (B, V)`` for batches of eval-set rows."""
+    started = time.perf_counter()
+    num_users = int(eval_set.targets.shape[0])
+    offsets, items = eval_set.histories.offsets, eval_set.histories.items
     ranks: list[torch.Tensor] = []
     recommended = torch.zeros(num_items + 1, dtype=torch.bool)
     for start in range(0, num_users, batch_size):
         rows = np.arange(start, min(start + batch_size, num_users))
-        seq = torch.from_numpy(trim_padding(left_pad(offsets, items, rows, max_len)))  # (B, ≤L)
-        user_hidden, out = model.encode_users(seq)  # (B, D)
-        routing.add(out.routing)
-        scores = model.score(user_hidden)  # (B, V)
+        scores = score(rows)  # (B, V)
         if exclude_history:
             batch_pos, flat = flat_rows(offsets, rows)
             scores[torch.from_numpy(batch_pos), torch.from_numpy(items[flat])] = float("-inf")
@@ -69,13 +110,12 @@ def evaluate(
         ranks.append(target_ranks(scores, targets))
         top = scores.topk(min(COVERAGE_K, num_items), dim=1).indices  # (B, 10)
         recommended[top.reshape(-1)] = True
-    model.train(was_training)
     all_ranks = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
     metrics = metrics_from_ranks(all_ranks, ks)
     metrics[f"coverage@{COVERAGE_K}"] = recommended[1:].sum().item() / max(num_items, 1)
     return EvaluationResult(
         metrics=metrics,
         num_users=num_users,
-        routing=routing,
+        routing=routing or RoutingSummary(),
         seconds=time.perf_counter() - started,
     )
