@@ -28,6 +28,7 @@ from moerec.data.dataset import Dataset, dataset_from_interactions, load_dataset
 from moerec.data.synthetic import generate_interactions
 from moerec.evaluation import evaluate_popularity
 from moerec.evaluation.cost import measure_cost
+from moerec.runtime import active_allocator, reexec_with_jemalloc
 from moerec.training import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,15 +48,14 @@ HEADLINE = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10")
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    reexec_with_jemalloc()  # 2-8x faster CPU training where installed (see moerec.runtime)
     torch.set_num_threads(args.threads or torch.get_num_threads())
     args.output_dir.mkdir(parents=True, exist_ok=True)
     names = ["tiny"] if args.tiny else args.datasets.split(",")
     for name in names:
         dataset, config = prepare(name, args)
-        report = run_dataset(name, dataset, config, args)
         path = args.output_dir / f"quality-{name}.json"
-        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {path}", file=sys.stderr)
+        run_dataset(name, dataset, config, args, path)
     if args.docs is not None:
         args.docs.write_text(render_markdown(args.output_dir), encoding="utf-8")
         print(f"wrote {args.docs}", file=sys.stderr)
@@ -96,9 +96,11 @@ def prepare(name: str, args: argparse.Namespace) -> tuple[Dataset, ExperimentCon
 
 
 def run_dataset(
-    name: str, dataset: Dataset, config: ExperimentConfig, args: argparse.Namespace
+    name: str, dataset: Dataset, config: ExperimentConfig, args: argparse.Namespace, path: Path
 ) -> dict[str, Any]:
+    """Train every variant; the report is rewritten after each, so a long run keeps its rows."""
     rows = [popularity_row(dataset, config)]
+    report = _report(name, dataset, config, rows)
     for variant in args.variants.split(","):
         cfg = resolve_variant(config, variant)  # type: ignore[arg-type]
         print(f"[{name}] training {variant}", file=sys.stderr)
@@ -119,6 +121,14 @@ def run_dataset(
                 "routing": result.test.routing.to_dict(),
             }
         )
+        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {path} ({variant})", file=sys.stderr)
+    return report
+
+
+def _report(
+    name: str, dataset: Dataset, config: ExperimentConfig, rows: list[dict[str, Any]]
+) -> dict[str, Any]:
     return {
         "dataset": name,
         "source": Path(dataset.source).name,
@@ -131,7 +141,7 @@ def run_dataset(
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "libc",
+            "allocator": active_allocator(),
         },
         "measured_at": time.strftime("%Y-%m-%d"),
         "rows": rows,

@@ -477,5 +477,30 @@ def demo(
         out.print(f"done in {time.perf_counter() - started:.0f}s")
 
 
+@app.command()
+def info() -> None:
+    """Versions, threads and memory allocator: what to include in a performance report."""
+    import torch
+
+    from moerec import __version__
+    from moerec.runtime import active_allocator
+
+    table = Table(show_header=False)
+    for key, value in (
+        ("moerec", __version__),
+        ("python", sys.version.split()[0]),
+        ("torch", torch.__version__),
+        ("torch threads", str(torch.get_num_threads())),
+        ("allocator", active_allocator()),
+    ):
+        table.add_row(key, value)
+    out.print(table)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Console entry point: switch to jemalloc first (see moerec.runtime), then run."""
+    from moerec.runtime import reexec_with_jemalloc
+
+    if argv is None:
+        reexec_with_jemalloc()
     app(argv if argv is not None else sys.argv[1:])

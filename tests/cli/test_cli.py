@@ -163,3 +163,26 @@ def test_a_corrupt_data_file_names_the_file_and_line(tmp_path):
     assert result.exit_code == 2
     assert "bad.csv" in result.output
     assert "3" in result.output
+
+
+def test_demo_runs_end_to_end_and_prints_recommendations_with_experts(tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "demo", "--workdir", str(tmp_path), "--users", "120", "--items", "60",
+            "--epochs", "1", "--show", "2",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.count("experts used") == 2
+    assert (tmp_path / "models" / "demo" / "v0001" / "manifest.json").is_file()
+    assert (tmp_path / "run" / "plots" / "loss.png").is_file()
+
+
+def test_every_command_has_help():
+    for command in (["--help"], ["train", "--help"], ["evaluate", "--help"],
+                    ["recommend", "--help"], ["demo", "--help"], ["data", "stats", "--help"],
+                    ["data", "synth", "--help"]):  # fmt: skip
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, command
+        assert "Usage" in result.output
