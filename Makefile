@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # Pinned, tested versions (torch 2.13.0 CPU build). Regenerate with `make constraints`.
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: demo test lint bench-tiny bench-quality constraints clean
+.PHONY: demo test lint bench-tiny bench-quality bench-speed constraints clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,10 +37,15 @@ lint: $(VENV)/.installed-dev
 # Every benchmark script once on a tiny input, so none of them rots (run by CI).
 bench-tiny: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/quality.py --tiny --output-dir $(VENV)/bench-tiny
+	$(BIN)/python benchmarks/speed.py --tiny --output $(VENV)/bench-tiny/speed.json
 
-# The full quality benchmark (Beauty and MovieLens-100K; long: run on demand).
+# The full benchmarks (long: run on demand, with nothing else running).
+# DATA_ROOT is the folder holding amazon-beauty/, ml-100k/, ...
 bench-quality: $(VENV)/.installed-dev
-	$(BIN)/python benchmarks/quality.py --data-root $(DATA_ROOT)
+	$(BIN)/python benchmarks/quality.py --data-root $(DATA_ROOT) --docs docs/benchmarks.md
+
+bench-speed: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/speed.py --data $(DATA_ROOT)/amazon-beauty/Beauty.txt
 
 constraints: $(VENV)/.installed-dev
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^moerec' > $(CONSTRAINTS)

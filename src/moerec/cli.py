@@ -155,14 +155,18 @@ def train(
         model_name = name or cfg.name
         run_dir = run_dir or Path("runs") / f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
         err.print(f"training {cfg.variant} on {dataset.source}: {_brief(dataset.stats())}")
-        result = run_training(
-            dataset,
-            cfg,
-            run_dir=run_dir,
-            progress=not quiet,
-            resume=resume,
-            on_epoch=None if quiet else _print_epoch,
-        )
+        try:
+            result = run_training(
+                dataset,
+                cfg,
+                run_dir=run_dir,
+                progress=not quiet,
+                resume=resume,
+                on_epoch=None if quiet else _print_epoch,
+            )
+        except KeyboardInterrupt:
+            err.print(f"interrupted; continue with: moerec train … --run-dir {run_dir} --resume")
+            raise typer.Exit(130) from None
         path = save_artefact(
             registry,
             model_name,
