@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# Pinned, tested versions (torch 2.13.0 CPU build). Regenerate with `make constraints`.
+# Pinned, tested versions. Regenerate with `make constraints`.
 CONSTRAINTS := requirements/constraints.txt
 
 .PHONY: demo test lint bench-tiny bench-quality bench-speed constraints clean
@@ -13,8 +13,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# PyPI's Linux torch wheel bundles CUDA (several GB). For a CPU-only machine point pip at
+# PyTorch's CPU wheel index: make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+
 $(VENV)/.installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) torch==2.13.0
+	$(BIN)/python -m pip install --quiet $(TORCH_INDEX_ARG) -c $(CONSTRAINTS) torch==2.13.0
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e .
 	touch $@
 

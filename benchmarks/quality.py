@@ -7,7 +7,7 @@ FLOPs per request. Writes benchmarks/results/quality-<dataset>.json and docs/ben
 
     python benchmarks/quality.py --data-root PATH/TO/data            # Beauty + ML-100K, long
     python benchmarks/quality.py --data-root PATH --datasets beauty --variants moe
-    python benchmarks/quality.py --tiny --output-dir /tmp/q           # seconds; what CI runs
+    python benchmarks/quality.py --tiny --output-dir results-tiny     # seconds; what CI runs
 """
 
 from __future__ import annotations
@@ -150,11 +150,11 @@ def _report(
 
 def popularity_row(dataset: Dataset, config: ExperimentConfig) -> dict[str, Any]:
     """Most-popular items, same protocol: the floor that shows a model learned anything."""
-    ks, split = config.eval.ks, dataset.split
+    split, settings = dataset.split, config.eval
     return {
         "variant": "popularity",
-        "valid": evaluate_popularity(split.train, split.valid, dataset.num_items, ks).metrics,
-        "test": evaluate_popularity(split.train, split.test, dataset.num_items, ks).metrics,
+        "valid": evaluate_popularity(split.train, split.valid, dataset.num_items, settings).metrics,
+        "test": evaluate_popularity(split.train, split.test, dataset.num_items, settings).metrics,
     }
 
 

@@ -37,8 +37,9 @@ from moerec.inference import Predictor
 from moerec.model import SequentialRecommender
 from moerec.registry import load_artefact, save_artefact
 from moerec.runtime import active_allocator, jemalloc_environment, jemalloc_library
-from moerec.training.optim import build_optimizer
-from moerec.training.trainer import sequence_loss, trainable_users, training_batches
+from moerec.training import train_step
+from moerec.training.optim import build_optimizer, build_scheduler
+from moerec.training.trainer import trainable_users, training_batches
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -141,7 +142,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def time_training(
     model: SequentialRecommender, dataset: Any, config: Any, steps: int
 ) -> list[float]:
+    """The trainer's own step (loss, backward, clipping, AdamW, schedule) on real batches."""
     optimizer = build_optimizer(model, config.train)
+    scheduler = build_scheduler(optimizer, config.train, steps + 2)
     users = trainable_users(dataset.split.train)
     batches = training_batches(
         dataset.split.train, users, config.model.max_len, config.train.batch_size,
@@ -159,10 +162,7 @@ def time_training(
             )  # fmt: skip
             inputs, targets = next(batches)
         started = time.perf_counter()
-        ce, aux, _ = sequence_loss(model, inputs, targets, 0.0)
-        optimizer.zero_grad(set_to_none=True)
-        (ce + aux).backward()
-        optimizer.step()
+        train_step(model, optimizer, scheduler, inputs, targets, config.train)
         if i >= 2:
             times.append(time.perf_counter() - started)
     return times

@@ -13,15 +13,19 @@ from moerec.data.synthetic import generate_interactions
 from moerec.training import TrainResult, train
 from tests.helpers import small_config
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The public data sets (MovieLens, Amazon, …) are never part of the repository: tests that
+# read them look in $MOEREC_DATA_ROOT, else in a shared/data folder beside the checkout.
+SHARED_DATA = Path(
+    os.environ.get("MOEREC_DATA_ROOT") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The public data sets, when this checkout sits beside them; tests skip otherwise."""
+    """The folder holding the public data sets; tests that need it skip when it is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip("public data sets not present next to the repository")
-    return SHARED_DATA
+        pytest.skip("public data sets not available (set MOEREC_DATA_ROOT)")
+    return SHARED_DATA.resolve()
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +46,7 @@ def trained(tiny_dataset: Dataset, tiny_config: ExperimentConfig, tmp_path_facto
 
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_threads() -> None:
-    # Two test workers on a two-core machine: one torch thread each avoids oversubscription.
+    # Parallel test workers: one torch thread each avoids oversubscribing the cores.
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 

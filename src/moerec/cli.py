@@ -71,8 +71,9 @@ def user_errors() -> Iterator[None]:
     except MoerecError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        err.print(f"[bold red]error:[/] {exc.strerror}: {exc.filename}", highlight=False)
+    except OSError as exc:  # missing files, permissions, a file where a folder should be, …
+        where = f": {exc.filename}" if exc.filename else ""
+        err.print(f"[bold red]error:[/] {exc.strerror or exc}{where}", highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -82,7 +83,10 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise MoerecError(f"--set expects key=value (e.g. train.epochs=5), got {pair!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise MoerecError(f"--set {pair!r}: the value is not valid YAML") from None
     return overrides
 
 
@@ -133,7 +137,10 @@ def train(
     data: DataOpt,
     fmt: FormatOpt = "auto",
     config: ConfigOpt = None,
-    variant: Annotated[str, typer.Option(help=f"Model variant: {', '.join(VARIANTS)}.")] = "moe",
+    variant: Annotated[
+        str | None,
+        typer.Option(help=f"Model variant: {', '.join(VARIANTS)} (default: the config's, moe)."),
+    ] = None,
     overrides: SetOpt = None,
     run_dir: Annotated[
         Path | None, typer.Option("--run-dir", help="Where to write the log, plots, checkpoint.")
@@ -184,11 +191,13 @@ def train(
         out.print(f"saved model {path}")
 
 
-def _experiment(config: Path | None, overrides: list[str] | None, variant: str) -> ExperimentConfig:
-    if variant not in VARIANTS:
+def _experiment(
+    config: Path | None, overrides: list[str] | None, variant: str | None
+) -> ExperimentConfig:
+    if variant is not None and variant not in VARIANTS:
         raise MoerecError(f"--variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     cfg = load_config(config, parse_overrides(overrides))
-    return resolve_variant(cfg, variant)
+    return resolve_variant(cfg, variant or cfg.variant)
 
 
 def _brief(stats: dict[str, Any]) -> str:
@@ -225,8 +234,7 @@ def evaluate(
         artefact = load_artefact(model)
         dataset = _matching_data(data, fmt, artefact)
         eval_set = dataset.split.valid if split == "valid" else dataset.split.test
-        cfg = artefact.config.eval
-        result = run_evaluation(artefact.model, eval_set, cfg.ks, cfg.batch_size)
+        result = run_evaluation(artefact.model, eval_set, artefact.config.eval)
         cost = measure_cost(artefact.model).to_dict()
         report = {
             "model": str(artefact.path),
@@ -255,6 +263,12 @@ def _matching_data(data: Path, fmt: str, artefact: Any) -> Any:
         raise MoerecError(
             f"{data}: its item catalogue differs from the one {artefact.path} was trained on; "
             "evaluate a model on the data (and data settings) it was trained with"
+        )
+    if dataset.fingerprint != artefact.manifest.get("data_fingerprint"):
+        err.print(
+            f"note: {data} is not the data {artefact.path} was trained on (same catalogue, "
+            "other interactions); these metrics are not comparable with its manifest's",
+            highlight=False,
         )
     return dataset
 

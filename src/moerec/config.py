@@ -81,13 +81,15 @@ class ModelConfig(_Strict):
                 f"hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_heads ({self.num_heads})"
             )
-        if self.moe_top_k > self.moe_num_experts:
+        if self.is_moe and self.moe_top_k > self.moe_num_experts:
             raise ValueError(
                 f"moe_top_k ({self.moe_top_k}) cannot exceed moe_num_experts "
                 f"({self.moe_num_experts})"
             )
-        if self.moe_router == "topp" and not (
-            self.moe_min_k <= self.moe_max_k <= self.moe_num_experts
+        if (
+            self.is_moe
+            and self.moe_router == "topp"
+            and not (self.moe_min_k <= self.moe_max_k <= self.moe_num_experts)
         ):
             raise ValueError("top-p routing needs moe_min_k <= moe_max_k <= moe_num_experts")
         return self
@@ -198,6 +200,8 @@ def load_config(
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"cannot set {dotted!r}: {key!r} is a value, not a section")
         node[leaf] = value
     try:
         return ExperimentConfig.model_validate(raw)

@@ -144,12 +144,24 @@ def test_recommend_all_users_writes_ranked_rows(model_dir, data_file, tmp_path):
         (["recommend", "--model", "{model}", "--data", "{data}"], "--user"),
         (["recommend", "--model", "{model}", "--data", "{data}", "--user", "nobody"], "nobody"),
         (["recommend", "--model", "{model}", "--data", "{data}", "--all-users"], "--output"),
+        (["train", "--data", "{data}", "--set", "model=3", "--set", "model.x=1"], "not a section"),
+        (["train", "--data", "{data}", "--set", "data.format=["], "not valid YAML"),
+        (["train", "--data", "{data}", "--resume", "--run-dir", "{tmp}"], "nothing to resume"),
+        (["train", "--data", "{single}"], "nothing to learn"),
+        (["train", "--data", "{data}", "--registry", "{file}", *TINY], "{file}"),
     ],
 )
 def test_bad_input_gets_a_one_line_error_and_exit_code_2(
     args, message, data_file, model_dir, tmp_path
 ):
-    filled = [a.format(data=data_file, tmp=tmp_path, model=model_dir) for a in args]
+    single = tmp_path / "single.csv"  # one event per user: no (input, next item) pair anywhere
+    single.write_text("user,item,timestamp\n1,1,1\n2,2,2\n3,1,3\n")
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("")
+    names = {"data": data_file, "tmp": tmp_path, "model": model_dir, "single": single,
+             "file": a_file}  # fmt: skip
+    filled = [a.format(**names) for a in args]
+    message = message.format(**names)
     result = runner.invoke(app, filled)
     assert result.exit_code == 2, result.output
     assert message in result.output
@@ -161,8 +173,7 @@ def test_a_corrupt_data_file_names_the_file_and_line(tmp_path):
     bad.write_text("user,item,timestamp\n1,2,3\n1,3,not-a-time\n")
     result = runner.invoke(app, ["data", "stats", "--data", str(bad)])
     assert result.exit_code == 2
-    assert "bad.csv" in result.output
-    assert "3" in result.output
+    assert "bad.csv:3" in result.output
 
 
 def test_demo_runs_end_to_end_and_prints_recommendations_with_experts(tmp_path):

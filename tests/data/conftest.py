@@ -1,5 +1,4 @@
-"""Fixtures for the data-layer tests: small files written on the fly, and the shared public
-data sets (tests using those are skipped when the directory is not there)."""
+"""Fixtures for the data-layer tests: small files written on the fly."""
 
 from __future__ import annotations
 
@@ -7,8 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 Writer = Callable[[str, "str | bytes"], Path]
 
@@ -27,11 +24,3 @@ def write(tmp_path: Path) -> Writer:
         return path
 
     return _write
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The read-only public data sets next to the repository, or skip."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip("shared public data sets not available")
-    return SHARED_DATA.resolve()

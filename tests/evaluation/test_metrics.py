@@ -17,6 +17,11 @@ def test_excluded_items_at_minus_infinity_never_outrank_the_target():
     assert target_ranks(scores, torch.tensor([3])).tolist() == [1]
 
 
+def test_a_nan_target_score_ranks_last_not_first():
+    scores = torch.tensor([[0.0, float("nan"), float("nan")], [0.0, 0.5, 0.1]])
+    assert target_ranks(scores, torch.tensor([1, 2])).tolist() == [3, 1]
+
+
 def test_metrics_match_hand_computed_values():
     # ranks 0, 2, 7, 30: hits@5 for the first two, @10 for three, @20 for three
     ranks = torch.tensor([0, 2, 7, 30])

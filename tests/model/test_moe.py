@@ -104,7 +104,7 @@ def test_fast_dispatch_drops_the_same_slots_as_reference_when_over_capacity(
 
 
 @pytest.mark.parametrize(("capacity_factor", "dropped"), [(0.0, 0), (1.0, 48)])
-def test_capacity_factor_zero_never_drops(make_layer, capacity_factor, dropped):
+def test_dropped_slots_appear_only_when_capacity_is_exceeded(make_layer, capacity_factor, dropped):
     layer = make_layer(num_experts=4, top_k=1, capacity_factor=capacity_factor)
     with torch.no_grad():
         layer.router.proj.weight.zero_()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from moerec.registry import ArtefactError, list_versions, load_artefact, save_artefact
-from moerec.registry.artefact import MANIFEST, WEIGHTS
+from moerec.registry.artefact import MANIFEST, MANIFEST_DIGEST, WEIGHTS, sha256_file
 
 
 @pytest.fixture
@@ -59,10 +59,34 @@ def test_a_flipped_byte_in_the_weights_is_refused(saved):
         load_artefact(saved)
 
 
-def test_a_manifest_edited_to_match_tampered_config_is_still_refused(saved):
+def edit_manifest(saved, change, rehash: bool) -> None:
     manifest = json.loads((saved / MANIFEST).read_text())
-    manifest["config"]["model"]["hidden_size"] = 64  # weights no longer fit
+    change(manifest)
     (saved / MANIFEST).write_text(json.dumps(manifest))
+    if rehash:
+        (saved / MANIFEST_DIGEST).write_text(sha256_file(saved / MANIFEST))
+
+
+def test_an_edited_manifest_is_refused_even_when_shapes_still_fit(saved):
+    edit_manifest(saved, lambda m: m["config"]["model"].update(moe_top_k=1), rehash=False)
+    with pytest.raises(ArtefactError, match="manifest was modified"):
+        load_artefact(saved)
+
+
+def test_a_manifest_that_stops_listing_the_weights_is_refused(saved):
+    edit_manifest(saved, lambda m: m.update(files={}), rehash=True)
+    with pytest.raises(ArtefactError, match="expected"):
+        load_artefact(saved)
+
+
+def test_a_manifest_pointing_outside_the_artefact_is_refused(saved):
+    edit_manifest(saved, lambda m: m["files"].update({"../escape": "0" * 64}), rehash=True)
+    with pytest.raises(ArtefactError, match="expected"):
+        load_artefact(saved)
+
+
+def test_a_config_whose_weights_no_longer_fit_is_refused(saved):
+    edit_manifest(saved, lambda m: m["config"]["model"].update(hidden_size=64), rehash=True)
     with pytest.raises(ArtefactError, match="cannot rebuild"):
         load_artefact(saved)
 

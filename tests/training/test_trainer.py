@@ -1,9 +1,16 @@
 import json
 
+import pytest
 import torch
 
 from moerec.model import SequentialRecommender
-from moerec.training import seed_everything, sequence_loss, train
+from moerec.training import (
+    TrainingDivergedError,
+    TrainingError,
+    seed_everything,
+    sequence_loss,
+    train,
+)
 from tests.helpers import small_config
 
 
@@ -68,3 +75,29 @@ def test_loss_ignores_left_padding(tiny_config):
     plain, _, _ = sequence_loss(model, inputs, targets, 0.0)
     padded, _, _ = sequence_loss(model, padded_in, padded_tg, 0.0)
     torch.testing.assert_close(plain, padded)
+
+
+def test_resume_without_a_checkpoint_is_an_error_not_a_fresh_start(tiny_dataset, tmp_path):
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train(tiny_dataset, small_config(epochs=1), run_dir=tmp_path, progress=False, resume=True)
+
+
+def test_resume_with_other_settings_is_refused(tiny_dataset, tmp_path):
+    train(tiny_dataset, small_config(epochs=1), run_dir=tmp_path, progress=False)
+    changed = small_config(epochs=2, learning_rate=0.01)
+    with pytest.raises(TrainingError, match="another model/training config"):
+        train(tiny_dataset, changed, run_dir=tmp_path, progress=False, resume=True)
+
+
+def test_resuming_an_early_stopped_run_trains_no_further(tiny_dataset, tmp_path):
+    config = small_config(epochs=20, patience=1, learning_rate=1e-12)
+    stopped = train(tiny_dataset, config, run_dir=tmp_path, progress=False)
+    resumed = train(tiny_dataset, config, run_dir=tmp_path, progress=False, resume=True)
+    assert resumed.epochs_run == stopped.epochs_run == 2
+    assert resumed.test.metrics == stopped.test.metrics
+
+
+def test_a_diverging_run_stops_with_a_clear_error(tiny_dataset):
+    config = small_config(epochs=3, learning_rate=1e30, grad_clip=0.0, warmup_steps=0)
+    with pytest.raises(TrainingDivergedError, match="learning_rate"):
+        train(tiny_dataset, config, progress=False)

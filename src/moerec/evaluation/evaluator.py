@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from moerec.config import EvalConfig
 from moerec.data.batching import flat_rows, left_pad, trim_padding
 from moerec.data.sequences import Sequences
 from moerec.data.split import EvalSet
@@ -41,13 +42,10 @@ class EvaluationResult:
 
 @torch.no_grad()
 def evaluate(
-    model: SequentialRecommender,
-    eval_set: EvalSet,
-    ks: tuple[int, ...] = (5, 10, 20),
-    batch_size: int = 512,
-    exclude_history: bool = True,
+    model: SequentialRecommender, eval_set: EvalSet, settings: EvalConfig | None = None
 ) -> EvaluationResult:
-    """Rank each target among all items with the user's history excluded."""
+    """Rank each target among all items (the user's history excluded unless told otherwise)."""
+    settings = settings or EvalConfig()
     was_training = model.training
     model.eval()
     routing = RoutingSummary()
@@ -60,20 +58,13 @@ def evaluate(
         return model.score(user_hidden)  # (B, V)
 
     try:
-        return rank_eval_set(
-            eval_set, model.config.num_items, score, ks, batch_size, exclude_history, routing
-        )
+        return rank_eval_set(eval_set, model.config.num_items, score, settings, routing)
     finally:
         model.train(was_training)
 
 
 def evaluate_popularity(
-    train: Sequences,
-    eval_set: EvalSet,
-    num_items: int,
-    ks: tuple[int, ...] = (5, 10, 20),
-    batch_size: int = 512,
-    exclude_history: bool = True,
+    train: Sequences, eval_set: EvalSet, num_items: int, settings: EvalConfig | None = None
 ) -> EvaluationResult:
     """The most-popular-items baseline under the same protocol: a floor every model must beat."""
     counts = torch.from_numpy(np.bincount(train.items, minlength=num_items + 1)).double()
@@ -82,16 +73,26 @@ def evaluate_popularity(
     def score(rows: np.ndarray) -> torch.Tensor:
         return counts.expand(rows.shape[0], -1).clone()  # (B, V)
 
-    return rank_eval_set(eval_set, num_items, score, ks, batch_size, exclude_history)
+    return rank_eval_set(eval_set, num_items, score, settings or EvalConfig())
+
+
+def exclude_seen(
+    scores: torch.Tensor, offsets: np.ndarray, items: np.ndarray, rows: np.ndarray
+) -> None:
+    """Give every item of each row's history a score of -inf, in place. scores: (B, V).
+
+    The field's standard protocol: an item the user already has is not recommended again, so
+    a target that repeats a history item can never be hit.
+    """
+    batch_pos, flat = flat_rows(offsets, rows)
+    scores[torch.from_numpy(batch_pos), torch.from_numpy(items[flat])] = float("-inf")
 
 
 def rank_eval_set(
     eval_set: EvalSet,
     num_items: int,
     score: Callable[[np.ndarray], torch.Tensor],
-    ks: tuple[int, ...],
-    batch_size: int,
-    exclude_history: bool,
+    settings: EvalConfig,
     routing: RoutingSummary | None = None,
 ) -> EvaluationResult:
     """Rank every target given ``score(rows) -> (B, V)`` for batches of eval-set rows."""
@@ -100,18 +101,17 @@ def rank_eval_set(
     offsets, items = eval_set.histories.offsets, eval_set.histories.items
     ranks: list[torch.Tensor] = []
     recommended = torch.zeros(num_items + 1, dtype=torch.bool)
-    for start in range(0, num_users, batch_size):
-        rows = np.arange(start, min(start + batch_size, num_users))
+    for start in range(0, num_users, settings.batch_size):
+        rows = np.arange(start, min(start + settings.batch_size, num_users))
         scores = score(rows)  # (B, V)
-        if exclude_history:
-            batch_pos, flat = flat_rows(offsets, rows)
-            scores[torch.from_numpy(batch_pos), torch.from_numpy(items[flat])] = float("-inf")
+        if settings.exclude_history:
+            exclude_seen(scores, offsets, items, rows)
         targets = torch.from_numpy(eval_set.targets[rows]).long()  # (B,)
         ranks.append(target_ranks(scores, targets))
         top = scores.topk(min(COVERAGE_K, num_items), dim=1).indices  # (B, 10)
         recommended[top.reshape(-1)] = True
     all_ranks = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
-    metrics = metrics_from_ranks(all_ranks, ks)
+    metrics = metrics_from_ranks(all_ranks, settings.ks)
     metrics[f"coverage@{COVERAGE_K}"] = recommended[1:].sum().item() / max(num_items, 1)
     return EvaluationResult(
         metrics=metrics,

@@ -17,9 +17,11 @@ def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:
 
     Ties count in the target's favour only against items scoring exactly the same, which for
     real-valued scores almost never happens; excluded items score -inf and never outrank it.
+    A NaN target score (a diverged model) ranks last instead of first: NaN compares False.
     """
     target_scores = scores.gather(1, targets.unsqueeze(1))  # (B, 1)
-    return (scores > target_scores).sum(dim=1)  # (B,)
+    ranks = (scores > target_scores).sum(dim=1)  # (B,)
+    return torch.where(target_scores.squeeze(1).isnan(), scores.shape[1], ranks)
 
 
 def metrics_from_ranks(ranks: Tensor, ks: tuple[int, ...]) -> dict[str, float]:

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from moerec import MoerecError
-from moerec.data.batching import flat_rows, left_pad
+from moerec.data.batching import left_pad
+from moerec.evaluation.evaluator import exclude_seen
 from moerec.registry import Artefact, load_artefact
 
 
@@ -82,8 +83,7 @@ class Predictor:
         user_hidden, out = self.model.encode_users(seq)  # (B, D)
         scores = self.model.score(user_hidden)  # (B, V)
         if exclude_history:
-            batch_pos, flat = flat_rows(offsets, rows)
-            scores[torch.from_numpy(batch_pos), torch.from_numpy(items[flat])] = float("-inf")
+            exclude_seen(scores, offsets, items, rows)
         k = min(k, self.model.config.num_items)
         top_scores, top_items = scores.topk(k, dim=1)  # (B, k)
         routing = out.last_position_routing()

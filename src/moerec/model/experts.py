@@ -45,7 +45,8 @@ class Experts(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Same init as nn.Linear, per expert, so a 1-expert MoE starts like a dense FFN.
+        # nn.Linear's init, per expert, for standalone use; SequentialRecommender re-initialises
+        # every weight (experts included) with N(0, 0.02), as it does its dense layers.
         for w in (self.w_in, self.w_out):
             bound = 1.0 / math.sqrt(w.shape[1])
             nn.init.uniform_(w, -bound, bound)

@@ -113,10 +113,6 @@ class SequentialRecommender(nn.Module):
             last_position=last_position,
         )
 
-    def item_embeddings(self) -> Tensor:
-        """(V, D): the table the head is tied to; row 0 is padding."""
-        return self.item_embedding.weight
-
     def score(self, hidden: Tensor) -> Tensor:
         """hidden: (..., D) -> logits (..., V) over the whole catalogue; padding gets -inf."""
         logits = hidden @ self.item_embedding.weight.T  # (..., V)

@@ -32,7 +32,8 @@ class Routing:
 
 
 class Router(nn.Module):
-    """Linear scores in fp32, softmax, then top-k or top-p selection with renormalised weights.
+    """Linear scores in fp32, softmax, then top-k or top-p selection with renormalised weights
+    (a token routed to a single expert keeps its raw probability as weight).
 
     fp32 matters because the softmax over experts and the z-loss are sensitive to rounding under
     mixed precision (Switch Transformer, ST-MoE).
@@ -77,7 +78,12 @@ class Router(nn.Module):
         else:
             mask = torch.ones_like(top_probs, dtype=torch.bool)
         kept = top_probs * mask  # (N, K)
-        weights = kept / kept.sum(dim=-1, keepdim=True).clamp_min(1e-9)  # (N, K)
+        # Renormalise over the chosen experts (Mixtral) — except for a token with a single
+        # expert, which keeps its raw probability (Switch): p/p = 1 would give the router no
+        # gradient from the task loss.
+        several = mask.sum(dim=-1, keepdim=True) > 1  # (N, 1)
+        total = torch.where(several, kept.sum(dim=-1, keepdim=True), torch.ones_like(kept[:, :1]))
+        weights = kept / total.clamp_min(1e-9)  # (N, K)
         return Routing(logits=logits, probs=probs, experts=experts, weights=weights, mask=mask)
 
 

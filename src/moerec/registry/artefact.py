@@ -4,9 +4,12 @@
         model.safetensors   weights (safetensors: no pickle, so loading runs no code)
         vocab.json          raw item and user ids, in encoded order
         manifest.json       format, config, metrics, data fingerprint, sha256 of each file
+        manifest.sha256     sha256 of manifest.json
 
-Loading verifies every checksum before reading a byte of weights: a corrupted or tampered
-artefact is refused with a message that says which file and what to do.
+Loading verifies every checksum before reading a byte of weights: a corrupted or edited file
+(the manifest included) is refused with a message that says which file and what to do. The
+checksums detect damage and casual edits, not forgery: whoever can rewrite every file can
+rewrite the checksums too; protect the model store itself for that.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 VOCAB = "vocab.json"
 MANIFEST = "manifest.json"
+MANIFEST_DIGEST = "manifest.sha256"
+PAYLOAD = frozenset({WEIGHTS, VOCAB})
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
 
 
@@ -129,6 +134,7 @@ def _publish(model_dir: Path, staging: Path, manifest: dict[str, Any]) -> Path:
         number = int(versions[-1].name[1:]) + 1 if versions else 1
         manifest["version"] = f"v{number:04d}"
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        (staging / MANIFEST_DIGEST).write_text(sha256_file(staging / MANIFEST) + "\n")
         target = model_dir / manifest["version"]
         try:
             os.rename(staging, target)
@@ -143,6 +149,11 @@ def load_artefact(path: Path | str) -> Artefact:
     """Verify checksums, rebuild the model from its config, load weights strictly."""
     path = resolve_artefact(path)
     manifest = _read_manifest(path)
+    if set(manifest["files"]) != PAYLOAD:
+        raise ArtefactError(
+            f"{path / MANIFEST}: lists files {sorted(manifest['files'])}, expected "
+            f"{sorted(PAYLOAD)}; the manifest was modified"
+        )
     for file_name, expected in manifest["files"].items():
         file_path = path / file_name
         if not file_path.is_file():
@@ -165,6 +176,18 @@ def load_artefact(path: Path | str) -> Artefact:
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        expected = (path / MANIFEST_DIGEST).read_text(encoding="utf-8").strip()
+    except OSError:
+        raise ArtefactError(
+            f"{path / MANIFEST_DIGEST}: missing; this is not a complete moerec artefact"
+        ) from None
+    actual = sha256_file(path / MANIFEST)
+    if actual != expected:
+        raise ArtefactError(
+            f"{path / MANIFEST}: checksum mismatch (expected {expected[:12]}…, file "
+            f"{actual[:12]}…); the manifest was modified. Restore it or load another version."
+        )
     try:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:

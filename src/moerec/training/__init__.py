@@ -1,5 +1,21 @@
 """Training: full-catalogue cross-entropy + router losses, early stopping, run logs and plots."""
 
-from moerec.training.trainer import TrainResult, seed_everything, sequence_loss, train
+from moerec.training.trainer import (
+    TrainingDivergedError,
+    TrainingError,
+    TrainResult,
+    seed_everything,
+    sequence_loss,
+    train,
+    train_step,
+)
 
-__all__ = ["TrainResult", "seed_everything", "sequence_loss", "train"]
+__all__ = [
+    "TrainResult",
+    "TrainingDivergedError",
+    "TrainingError",
+    "seed_everything",
+    "sequence_loss",
+    "train",
+    "train_step",
+]

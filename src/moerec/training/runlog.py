@@ -32,9 +32,6 @@ class RunLog:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
-    def epochs(self) -> list[dict[str, Any]]:
-        return [r for r in self.records if r.get("event") == "epoch"]
-
 
 def read_log(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]

@@ -8,6 +8,7 @@ best weights are restored before the final validation and test evaluations.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from moerec.config import ExperimentConfig
+from moerec import MoerecError
+from moerec.config import ExperimentConfig, TrainConfig
 from moerec.data.batching import left_pad, trim_padding
 from moerec.data.dataset import Dataset
 from moerec.data.sequences import Sequences
@@ -31,6 +33,16 @@ from moerec.training.optim import build_optimizer, build_scheduler
 from moerec.training.runlog import RunLog, plot_run
 
 SELECTION_METRIC = "ndcg@10"
+
+
+class TrainingError(MoerecError):
+    """Training cannot start or go on as configured."""
+
+
+class TrainingDivergedError(TrainingError):
+    """The loss stopped being a finite number."""
+
+
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
@@ -98,6 +110,25 @@ def sequence_loss(
     return ce, out.aux_loss, out.routing
 
 
+def train_step(
+    model: SequentialRecommender,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    inputs: Tensor,
+    targets: Tensor,
+    config: TrainConfig,
+) -> tuple[Tensor, Tensor, list[Any]]:
+    """One optimisation step on one batch; returns (ce, aux, routing stats)."""
+    ce, aux, stats = sequence_loss(model, inputs, targets, config.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    (ce + aux).backward()
+    if config.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return ce.detach(), aux.detach(), stats
+
+
 def train(
     dataset: Dataset,
     config: ExperimentConfig,
@@ -116,31 +147,43 @@ def train(
     optimizer = build_optimizer(model, tc)
     users = trainable_users(dataset.split.train)
     if users.size == 0:
-        raise ValueError("no user has two or more training interactions: nothing to learn from")
+        raise TrainingError(
+            "no user has two or more training interactions, so there is nothing to learn from; "
+            "check the data (one event per user?) and the k-core settings"
+        )
     steps_per_epoch = -(-users.shape[0] // tc.batch_size)
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch * tc.epochs)
-    resuming = resume and run_dir is not None and (run_dir / CHECKPOINT_NAME).exists()
-    log = RunLog(run_dir, append=resuming) if run_dir is not None else None
+    if resume and (run_dir is None or not (run_dir / CHECKPOINT_NAME).is_file()):
+        raise TrainingError(
+            f"nothing to resume: no {CHECKPOINT_NAME} in {run_dir}; "
+            "pass the --run-dir of the interrupted run"
+        )
+    log = RunLog(run_dir, append=resume) if run_dir is not None else None
+    identity = _run_identity(config, dataset.fingerprint)
 
-    state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "bad_epochs": 0}
+    state: dict[str, Any] = {
+        "epoch": 0, "best_score": -1.0, "best_epoch": 0, "bad_epochs": 0, "train_seconds": 0.0,
+    }  # fmt: skip
     best_weights = copy.deepcopy(model.state_dict())
-    if log is not None and resuming:
+    if log is not None and resume:
         best_weights = _load_checkpoint(
-            log.run_dir / CHECKPOINT_NAME, model, optimizer, scheduler, state, rng
+            log.run_dir / CHECKPOINT_NAME, identity, model, optimizer, scheduler, state, rng
         )
     elif log is not None:
         log.write({"event": "start", "config": config.to_dict(), "data": dataset.stats()})
 
-    train_seconds = 0.0
-    for epoch in range(int(state["epoch"]) + 1, tc.epochs + 1):
+    first_epoch = int(state["epoch"]) + 1
+    if state["bad_epochs"] >= tc.patience:  # the run being resumed had already stopped
+        first_epoch = tc.epochs + 1
+    for epoch in range(first_epoch, tc.epochs + 1):
         started = time.perf_counter()
         record = _train_epoch(
             model, optimizer, scheduler, dataset, config, users, rng, epoch, progress
         )
-        train_seconds += time.perf_counter() - started
-        record["train_seconds"] = round(train_seconds, 2)
+        state["train_seconds"] += time.perf_counter() - started
+        record["train_seconds"] = round(state["train_seconds"], 2)
         if epoch % tc.eval_every == 0 or epoch == tc.epochs:
-            valid = evaluate(model, dataset.split.valid, config.eval.ks, config.eval.batch_size)
+            valid = evaluate(model, dataset.split.valid, config.eval)
             record["valid"] = valid.metrics
             score = valid.metrics[SELECTION_METRIC]
             if score > state["best_score"]:
@@ -149,11 +192,12 @@ def train(
             else:
                 state["bad_epochs"] += tc.eval_every
         state["epoch"] = epoch
-        if log is not None:
-            log.write(record)
+        if log is not None:  # checkpoint first: a crash between the two never repeats an epoch
             _save_checkpoint(
-                log.run_dir / CHECKPOINT_NAME, model, optimizer, scheduler, state, best_weights, rng
-            )
+                log.run_dir / CHECKPOINT_NAME,
+                identity, model, optimizer, scheduler, state, best_weights, rng,
+            )  # fmt: skip
+            log.write(record)
         if on_epoch is not None:
             on_epoch(record)
         if state["bad_epochs"] >= tc.patience:
@@ -161,8 +205,8 @@ def train(
 
     model.load_state_dict(best_weights)
     model.eval()
-    valid = evaluate(model, dataset.split.valid, config.eval.ks, config.eval.batch_size)
-    test = evaluate(model, dataset.split.test, config.eval.ks, config.eval.batch_size)
+    valid = evaluate(model, dataset.split.valid, config.eval)
+    test = evaluate(model, dataset.split.test, config.eval)
     result = TrainResult(
         model=model,
         config=config,
@@ -170,7 +214,7 @@ def train(
         epochs_run=int(state["epoch"]),
         valid=valid,
         test=test,
-        train_seconds=train_seconds,
+        train_seconds=state["train_seconds"],
         run_dir=run_dir,
     )
     if log is not None:
@@ -206,14 +250,12 @@ def _train_epoch(
         leave=False,
     )
     for inputs, targets in bar:
-        ce, aux, stats = sequence_loss(model, inputs, targets, tc.label_smoothing)
-        loss = ce + aux
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        ce, aux, stats = train_step(model, optimizer, scheduler, inputs, targets, tc)
+        if not math.isfinite(ce.item()):
+            raise TrainingDivergedError(
+                f"training diverged: the loss became {ce.item()} in epoch {epoch}, batch "
+                f"{batches + 1}; lower train.learning_rate or set train.grad_clip"
+            )
         routing.add(stats)
         total_ce += ce.item()
         total_aux += aux.item()
@@ -229,8 +271,17 @@ def _train_epoch(
     }
 
 
+def _run_identity(config: ExperimentConfig, fingerprint: str) -> dict[str, Any]:
+    """What must not change between a run and its resumption (epochs and patience may)."""
+    train = config.train.model_dump(mode="json")
+    for free in ("epochs", "patience"):
+        train.pop(free)
+    return {"model": config.model.model_dump(mode="json"), "train": train, "data": fingerprint}
+
+
 def _save_checkpoint(
     path: Path,
+    identity: dict[str, Any],
     model: SequentialRecommender,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -242,6 +293,7 @@ def _save_checkpoint(
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
+            "identity": identity,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -257,13 +309,22 @@ def _save_checkpoint(
 
 def _load_checkpoint(
     path: Path,
+    identity: dict[str, Any],
     model: SequentialRecommender,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: dict[str, Any],
     rng: np.random.Generator,
 ) -> dict[str, Tensor]:
-    saved = torch.load(path, weights_only=False)
+    try:
+        saved = torch.load(path, weights_only=False)
+    except Exception as exc:  # torch raises many types for a damaged pickle/zip
+        raise TrainingError(f"{path}: unreadable checkpoint ({exc}); start a new run") from None
+    if saved.get("identity") != identity:
+        raise TrainingError(
+            f"{path}: this checkpoint was made with another model/training config or other "
+            "data; resume with the same settings (only epochs and patience may change)"
+        )
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
