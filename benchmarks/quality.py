@@ -48,6 +48,9 @@ HEADLINE = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10")
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render_only:
+        args.docs.write_text(render_markdown(args.output_dir), encoding="utf-8")
+        return 0
     reexec_with_jemalloc()  # 2-8x faster CPU training where installed (see moerec.runtime)
     torch.set_num_threads(args.threads or torch.get_num_threads())
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -73,8 +76,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output-dir", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--docs", type=Path, default=None, help="Markdown file to (re)render.")
     p.add_argument("--tiny", action="store_true", help="Synthetic data, 2 epochs: a smoke run.")
+    p.add_argument(
+        "--render-only", action="store_true", help="Only rewrite --docs from existing results."
+    )
     args = p.parse_args(argv)
-    if not args.tiny and args.data_root is None:
+    if args.render_only and args.docs is None:
+        p.error("--render-only needs --docs FILE")
+    if not (args.tiny or args.render_only) and args.data_root is None:
         p.error("--data-root is required (or use --tiny)")
     return args
 
@@ -188,7 +196,33 @@ def render_markdown(results_dir: Path) -> str:
         if report["dataset"] == "tiny":
             continue
         lines += _dataset_section(report)
+    speed = results_dir / "speed.json"
+    if speed.is_file():
+        lines += _speed_section(json.loads(speed.read_text(encoding="utf-8")))
     return "\n".join(lines) + "\n"
+
+
+def _speed_section(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Speed and memory (`benchmarks/speed.py`)",
+        "",
+        f"Measured {report['measured_at']} on {report['machine']['cpus']} CPU cores "
+        f"(torch {report['machine']['torch']}): `{report['command']}`. Training step: median "
+        "over real batches; latency: one user's top-10 request through the predictor "
+        "(last position only in the final block); peak memory: the whole process.",
+        "",
+        "| variant | allocator | train step (s) | p50 ms | p95 ms | p99 ms | users/s (batch 256) "
+        "| peak RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["rows"]:
+        lat = row["latency_ms"]
+        lines.append(
+            f"| {row['variant']} | {row['allocator']} | {row['train_step_s_median']:.3f} | "
+            f"{lat['p50']:.2f} | {lat['p95']:.2f} | {lat['p99']:.2f} | "
+            f"{row['batch_scoring_users_per_s']:.0f} | {row['peak_rss_mb']:.0f} |"
+        )
+    return [*lines, ""]
 
 
 def _dataset_section(report: dict[str, Any]) -> list[str]:
