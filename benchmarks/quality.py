@@ -143,7 +143,7 @@ def _report(
         "data_fingerprint": dataset.fingerprint,
         "stats": dataset.stats(),
         "config": config.to_dict(),
-        "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:]),
+        "command": command_line(),
         "machine": {
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
@@ -154,6 +154,16 @@ def _report(
         "measured_at": time.strftime("%Y-%m-%d"),
         "rows": rows,
     }
+
+
+def command_line() -> str:
+    """This run's command, with the local data folder shown as DATA."""
+    argv = sys.argv[1:]
+    shown = [
+        "DATA" if before == "--data-root" else arg
+        for before, arg in zip(["", *argv], argv, strict=False)
+    ]
+    return "python benchmarks/quality.py " + " ".join(shown)
 
 
 def popularity_row(dataset: Dataset, config: ExperimentConfig) -> dict[str, Any]:
@@ -257,7 +267,31 @@ def _dataset_section(report: dict[str, Any]) -> list[str]:
         )
     for label, ndcg, hr in PUBLISHED.get(report["dataset"], []):
         lines.append(f"| *{label}* | | | {hr:.3f} | {ndcg:.3f} | | | | | | | | | |")
-    return [*lines, ""]
+    return [*lines, "", *_comparison(report["rows"], report["config"]["train"]["epochs"]), ""]
+
+
+def _comparison(rows: list[dict[str, Any]], max_epochs: int) -> list[str]:
+    """The claims the MoE design makes, checked against this run's own rows."""
+    by_name = {row["variant"]: row for row in rows}
+    notes = []
+    moe = by_name.get("moe")
+    for name in ("dense-active", "dense-params"):
+        other = by_name.get(name)
+        if moe is None or other is None:
+            continue
+        ndcg = moe["test"]["ndcg@10"] / other["test"]["ndcg@10"] - 1
+        flops = moe["cost"]["ffn_flops_per_request"] / other["cost"]["ffn_flops_per_request"]
+        notes.append(
+            f"- moe vs {name}: test NDCG@10 {ndcg:+.1%}, FFN FLOPs per request {flops:.0%} "
+            f"of {name}'s."
+        )
+    capped = [r["variant"] for r in rows if r.get("epochs_run") == max_epochs]
+    if capped:
+        notes.append(
+            f"- Stopped by the {max_epochs}-epoch cap before early stopping triggered: "
+            f"{', '.join(capped)}."
+        )
+    return notes
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[speed] {variant} with the {allocator} allocator", file=sys.stderr)
             rows.append(run_worker(args, variant, allocator))
     report = {
-        "command": "python benchmarks/speed.py " + " ".join(argv or sys.argv[1:]),
+        "command": command_line(argv or sys.argv[1:], args.data),
         "machine": {
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
@@ -75,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def command_line(argv: list[str], data: Path | None) -> str:
+    """This run's command, with the local data folder shown as DATA."""
+    shown = [f"DATA/{data.parent.name}/{data.name}" if data and a == str(data) else a for a in argv]
+    return "python benchmarks/speed.py " + " ".join(shown)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

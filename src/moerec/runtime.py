@@ -1,10 +1,11 @@
 """Process-level settings that make CPU training and inference fast.
 
-PyTorch on CPU allocates and frees large tensors every step. glibc's malloc hands blocks over
-32 MB back to the kernel at once, so each step page-faults them in again; on virtual machines
-that made training 2-8x slower than with jemalloc, which keeps freed memory for reuse (measured
-on the Beauty data set: 0.33 s vs 0.16 s per step idle, 1.9-4.5 s vs 0.55 s under load). PyTorch's
-own CPU tuning guide recommends the same switch. The ``moerec`` command re-executes itself once
+PyTorch on CPU allocates and frees large tensors every step. glibc's malloc hands big blocks
+back to the kernel at once, so each step page-faults them in again, which is slow on virtual
+machines; jemalloc keeps freed memory for reuse. benchmarks/speed.py on the Beauty data set
+(2-core VM) measured a MoE training step at 0.31 s with glibc and 0.19 s with jemalloc, and a
+lower peak memory; with the cores shared by another process the gap grew several-fold.
+PyTorch's own CPU tuning guide recommends the same switch. The ``moerec`` command re-executes itself once
 with jemalloc preloaded when the library is installed (Debian/Ubuntu: ``libjemalloc2``); set
 ``MOEREC_JEMALLOC=0`` to keep the system allocator.
 """
