@@ -386,7 +386,8 @@ def print_recommendation(user: str, history: list[str], rec: Any, titles: dict[s
         return f"{item} {titles[item]}" if item in titles else item
 
     recent = ", ".join(label(i) for i in history[-3:])
-    table = Table(title=f"user {user} — recently: {recent}", title_justify="left")
+    out.print(f"[bold]user {user}[/] — recently: {recent}", highlight=False)
+    table = Table()
     table.add_column("#", justify="right")
     table.add_column("item")
     table.add_column("score", justify="right")
@@ -402,14 +403,19 @@ def print_recommendation(user: str, history: list[str], rec: Any, titles: dict[s
         out.print(f"  experts used: {routes}\n", highlight=False)
 
 
-def _print_metrics(valid: dict[str, float], test: dict[str, float]) -> None:
+def _print_metrics(
+    valid: dict[str, float], test: dict[str, float], baseline: dict[str, float] | None = None
+) -> None:
     table = Table(title="full ranking, history excluded")
     table.add_column("split")
     keys = [k for k in valid if k.split("@")[0] in ("hr", "ndcg", "mrr") and k.endswith("@10")]
     keys += [k for k in valid if k.startswith("coverage")]
     for key in keys:
         table.add_column(key, justify="right")
-    for split_name, metrics in (("valid", valid), ("test", test)):
+    rows = [("valid", valid), ("test", test)]
+    if baseline is not None:
+        rows.append(("test, most popular", baseline))
+    for split_name, metrics in rows:
         table.add_row(split_name, *(f"{metrics[key]:.4f}" for key in keys))
     out.print(table)
 
@@ -431,6 +437,7 @@ def demo(
     """Generate data, train a small MoE model, print top-10 lists with the experts used."""
     from moerec.data.dataset import dataset_from_interactions
     from moerec.data.synthetic import generate_interactions, synthetic_titles, write_csv
+    from moerec.evaluation import evaluate_popularity
     from moerec.inference import Predictor
     from moerec.registry import save_artefact
     from moerec.training import train as run_training
@@ -482,7 +489,10 @@ def demo(
             dataset.fingerprint,
         )
         out.print("[bold]3. evaluate[/]")
-        _print_metrics(result.valid.metrics, result.test.metrics)
+        popularity = evaluate_popularity(
+            dataset.split.train, dataset.split.test, dataset.num_items, cfg.eval
+        )
+        _print_metrics(result.valid.metrics, result.test.metrics, popularity.metrics)
         out.print(f"   plots: {workdir / 'run' / 'plots'}   model: {path}")
         out.print("[bold]4. recommend[/] (full history, seen items excluded)")
         predictor = Predictor.from_path(path)

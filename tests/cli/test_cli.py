@@ -186,6 +186,7 @@ def test_demo_runs_end_to_end_and_prints_recommendations_with_experts(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert result.output.count("experts used") == 2
+    assert "most popular" in result.output
     assert (tmp_path / "models" / "demo" / "v0001" / "manifest.json").is_file()
     assert (tmp_path / "run" / "plots" / "loss.png").is_file()
 
