@@ -219,18 +219,26 @@ def _speed_section(report: dict[str, Any]) -> list[str]:
         f"Measured {report['measured_at']} on {report['machine']['cpus']} CPU cores "
         f"(torch {report['machine']['torch']}): `{report['command']}`. Training step: median "
         "over real batches; latency: one user's top-10 request through the predictor "
-        "(last position only in the final block); peak memory: the whole process.",
+        "(last position only in the final block); 32 clients: concurrent requests through the "
+        "micro-batcher (max batch 32, max wait 2 ms); peak memory: the whole process.",
         "",
         "| variant | allocator | train step (s) | p50 ms | p95 ms | p99 ms | users/s (batch 256) "
-        "| peak RSS MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| 32 clients: req/s | p50 ms | p99 ms | mean batch | peak RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
         lat = row["latency_ms"]
+        mb = row.get("micro_batched")
+        batched = (
+            f"{mb['requests_per_s']:.0f} | {mb['latency_ms']['p50']:.2f} | "
+            f"{mb['latency_ms']['p99']:.2f} | {mb['mean_batch_size']:.1f}"
+            if mb
+            else " | | | "
+        )
         lines.append(
             f"| {row['variant']} | {row['allocator']} | {row['train_step_s_median']:.3f} | "
             f"{lat['p50']:.2f} | {lat['p95']:.2f} | {lat['p99']:.2f} | "
-            f"{row['batch_scoring_users_per_s']:.0f} | {row['peak_rss_mb']:.0f} |"
+            f"{row['batch_scoring_users_per_s']:.0f} | {batched} | {row['peak_rss_mb']:.0f} |"
         )
     return [*lines, ""]
 

@@ -3,7 +3,8 @@
 Each (variant, allocator) pair runs in its own process, so peak memory and allocator are its
 own. Training: median seconds per step over real batches of the data set. Inference: latency of
 one user's top-10 request (Predictor.recommend, last position only), p50/p95/p99 over many
-requests, and throughput of batched scoring. Writes benchmarks/results/speed.json.
+requests, throughput of batched scoring, and latency/throughput with 32 concurrent clients
+through the MicroBatcher. Writes benchmarks/results/speed.json.
 
     python benchmarks/speed.py --data DATA/amazon-beauty/Beauty.txt \\
         --config configs/quality-beauty.yaml
@@ -15,6 +16,7 @@ Run it with nothing else on the machine: the figures are wall-clock times.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -33,7 +35,7 @@ from moerec.config import VARIANTS, load_config, resolve_variant
 from moerec.data.dataset import dataset_from_interactions, load_dataset
 from moerec.data.synthetic import generate_interactions
 from moerec.evaluation.cost import measure_cost
-from moerec.inference import Predictor
+from moerec.inference import MicroBatcher, Predictor
 from moerec.model import SequentialRecommender
 from moerec.registry import load_artefact, save_artefact
 from moerec.runtime import active_allocator, jemalloc_environment, jemalloc_library
@@ -130,7 +132,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     model = SequentialRecommender(config.model)
     step_times = time_training(model, dataset, config, args.steps)
-    latencies, throughput = time_inference(model, dataset, config, args.requests)
+    latencies, throughput, batched = time_inference(model, dataset, config, args.requests)
     return {
         "variant": variant,
         "allocator": active_allocator(),
@@ -140,6 +142,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "train_step_s_all": [round(t, 4) for t in step_times],
         "latency_ms": percentiles(latencies),
         "batch_scoring_users_per_s": throughput,
+        "micro_batched": batched,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cost": measure_cost(model).to_dict(),
     }
@@ -196,7 +199,33 @@ def time_inference(
     started = time.perf_counter()
     predictor.recommend(batch, k=10)
     throughput = len(batch) / (time.perf_counter() - started)
-    return latencies, throughput
+    return latencies, throughput, asyncio.run(time_micro_batched(predictor, histories, requests))
+
+
+async def time_micro_batched(
+    predictor: Predictor, histories: list[Any], requests: int, concurrency: int = 32
+) -> dict[str, Any]:
+    """``concurrency`` clients each sending requests back to back through the MicroBatcher."""
+    latencies: list[float] = []
+    sizes: list[int] = []
+
+    async def client(offset: int, batcher: MicroBatcher) -> None:
+        for i in range(offset, requests, concurrency):
+            started = time.perf_counter()
+            await batcher.recommend(histories[i % len(histories)], k=10)
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    async with MicroBatcher(predictor, max_batch_size=32, max_wait_ms=2.0,
+                            on_batch=lambda r: sizes.append(r.size)) as batcher:  # fmt: skip
+        started = time.perf_counter()
+        await asyncio.gather(*(client(c, batcher) for c in range(concurrency)))
+        seconds = time.perf_counter() - started
+    return {
+        "concurrency": concurrency,
+        "latency_ms": percentiles(latencies),
+        "requests_per_s": len(latencies) / seconds,
+        "mean_batch_size": sum(sizes) / max(len(sizes), 1),
+    }
 
 
 def percentiles(values: list[float]) -> dict[str, float]:

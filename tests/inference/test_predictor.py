@@ -2,22 +2,6 @@ import numpy as np
 import pytest
 
 from moerec import MoerecError
-from moerec.inference import Predictor
-from moerec.registry import save_artefact
-
-
-@pytest.fixture(scope="module")
-def predictor(tmp_path_factory, trained, tiny_dataset):
-    path = save_artefact(
-        tmp_path_factory.mktemp("models"),
-        "tiny",
-        trained.model,
-        trained.config,
-        tiny_dataset.vocab,
-        trained.metrics(),
-        tiny_dataset.fingerprint,
-    )
-    return Predictor.from_path(path)
 
 
 def test_recommendations_exclude_the_history_and_are_sorted(predictor, tiny_dataset):

@@ -1,5 +1,13 @@
 """Inference: load an artefact once, encode histories, rank the catalogue. No web code."""
 
+from moerec.inference.batcher import BatcherClosedError, BatchReport, MicroBatcher
 from moerec.inference.predictor import ExpertUse, Predictor, Recommendation
 
-__all__ = ["ExpertUse", "Predictor", "Recommendation"]
+__all__ = [
+    "BatchReport",
+    "BatcherClosedError",
+    "ExpertUse",
+    "MicroBatcher",
+    "Predictor",
+    "Recommendation",
+]

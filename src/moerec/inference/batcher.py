@@ -1,0 +1,166 @@
+"""Server-side micro-batching: concurrent requests share one forward pass.
+
+A single MoE request spends most of its time on per-operation overhead (routing, sorting,
+one small matmul per expert), so scoring 32 users costs little more than scoring one. The
+batcher collects requests until ``max_batch_size`` are waiting or the oldest has waited
+``max_wait_ms``, runs them through ``Predictor.recommend`` on one worker thread (torch releases
+the GIL, so the event loop keeps accepting requests), and hands each caller its own result.
+This is the adaptive batching BentoML and Ray Serve use; no web code lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+from moerec import MoerecError
+from moerec.inference.predictor import Predictor, Recommendation
+
+
+class BatcherClosedError(MoerecError):
+    """The batcher is not running (not started yet, or shutting down)."""
+
+
+@dataclass
+class _Request:
+    history: np.ndarray
+    k: int
+    exclude_history: bool
+    future: asyncio.Future[Recommendation]
+    enqueued: float
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """One forward pass: how many requests it served and how long it took."""
+
+    size: int
+    seconds: float
+    oldest_wait_seconds: float
+
+
+class MicroBatcher:
+    """``await batcher.recommend(history, k)`` from many coroutines; one forward per batch."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        max_batch_size: int = 32,
+        max_wait_ms: float = 2.0,
+        on_batch: Callable[[BatchReport], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        if max_wait_ms < 0:
+            raise ValueError("max_wait_ms cannot be negative")
+        self.predictor = predictor
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.on_batch = on_batch
+        self._queue: asyncio.Queue[_Request] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        if self._worker is not None:
+            return
+        self._queue = asyncio.Queue()
+        # One thread: forward passes run one at a time, each on torch's own intra-op threads.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moerec-infer")
+        self._worker = asyncio.create_task(self._run(), name="moerec-micro-batcher")
+
+    async def stop(self) -> None:
+        """Finish every request already accepted, then stop."""
+        if self._worker is None or self._queue is None:
+            return
+        await self._queue.join()
+        self._worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._worker
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        self._worker = self._queue = self._executor = None
+
+    async def __aenter__(self) -> MicroBatcher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def recommend(
+        self, history: np.ndarray, k: int = 10, exclude_history: bool = True
+    ) -> Recommendation:
+        """Top-k for one encoded history; waits at most max_wait_ms for companions."""
+        if self._queue is None:
+            raise BatcherClosedError("the micro-batcher is not running; call start() first")
+        if len(history) == 0:
+            raise MoerecError("every history needs at least one item the model knows")
+        future: asyncio.Future[Recommendation] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Request(history, k, exclude_history, future, time.perf_counter()))
+        return await future
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = [await self._queue.get()]
+            deadline = batch[0].enqueued + self.max_wait
+            while len(batch) < self.max_batch_size:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+            try:
+                await self._serve(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _serve(self, batch: list[_Request]) -> None:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        for exclude in (True, False):  # one forward per exclusion setting present
+            group = [r for r in batch if r.exclude_history is exclude and not r.future.done()]
+            if not group:
+                continue
+            k = max(r.k for r in group)
+            try:
+                results = await loop.run_in_executor(
+                    self._executor,
+                    partial(
+                        self.predictor.recommend,
+                        [r.history for r in group],
+                        k=k,
+                        exclude_history=exclude,
+                    ),
+                )
+            except Exception as exc:  # the callers see the model's error, the loop goes on
+                for request in group:
+                    if not request.future.done():
+                        request.future.set_exception(exc)
+                continue
+            for request, result in zip(group, results, strict=True):
+                if not request.future.done():  # the caller may have gone away
+                    request.future.set_result(_truncate(result, request.k))
+        if self.on_batch is not None:
+            self.on_batch(
+                BatchReport(
+                    size=len(batch),
+                    seconds=time.perf_counter() - started,
+                    oldest_wait_seconds=started - batch[0].enqueued,
+                )
+            )
+
+
+def _truncate(result: Recommendation, k: int) -> Recommendation:
+    return Recommendation(items=result.items[:k], scores=result.scores[:k], experts=result.experts)

@@ -1,0 +1,91 @@
+import asyncio
+
+import numpy as np
+import pytest
+
+from moerec import MoerecError
+from moerec.inference import BatcherClosedError, BatchReport, MicroBatcher
+
+
+def histories(dataset, n):
+    return [dataset.sequences[u] for u in range(n)]
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_concurrent_requests_share_forward_passes_and_match_direct_calls(predictor, tiny_dataset):
+    reports: list[BatchReport] = []
+    users = histories(tiny_dataset, 12)
+
+    async def scenario():
+        # a generous wait so that all twelve requests can join the first batches
+        async with MicroBatcher(predictor, max_batch_size=32, max_wait_ms=200,
+                                on_batch=reports.append) as batcher:  # fmt: skip
+            return await asyncio.gather(*(batcher.recommend(h, k=5) for h in users))
+
+    results = run(scenario())
+    assert sum(r.size for r in reports) == 12
+    assert len(reports) < 12  # fewer forward passes than requests
+    for history, result in zip(users, results, strict=True):
+        direct = predictor.recommend([history], k=5)[0]
+        assert result.items == direct.items
+        assert result.experts == direct.experts
+        np.testing.assert_allclose(result.scores, direct.scores, rtol=1e-5, atol=1e-5)
+
+
+def test_batches_never_exceed_max_batch_size(predictor, tiny_dataset):
+    reports: list[BatchReport] = []
+
+    async def scenario():
+        async with MicroBatcher(predictor, max_batch_size=4, max_wait_ms=200,
+                                on_batch=reports.append) as batcher:  # fmt: skip
+            await asyncio.gather(*(batcher.recommend(h) for h in histories(tiny_dataset, 10)))
+
+    run(scenario())
+    assert max(r.size for r in reports) <= 4
+    assert sum(r.size for r in reports) == 10
+
+
+def test_each_request_gets_its_own_k_and_exclusion(predictor, tiny_dataset):
+    history = tiny_dataset.sequences[3]
+
+    async def scenario():
+        async with MicroBatcher(predictor, max_wait_ms=200) as batcher:
+            return await asyncio.gather(
+                batcher.recommend(history, k=3),
+                batcher.recommend(history, k=7, exclude_history=False),
+            )
+
+    short, unfiltered = run(scenario())
+    assert len(short.items) == 3
+    assert len(unfiltered.items) == 7
+    assert unfiltered.items == predictor.recommend([history], k=7, exclude_history=False)[0].items
+
+
+def test_a_bad_request_fails_alone(predictor, tiny_dataset):
+    async def scenario():
+        async with MicroBatcher(predictor, max_wait_ms=200) as batcher:
+            return await asyncio.gather(
+                batcher.recommend(np.array([], dtype=np.int64)),
+                batcher.recommend(tiny_dataset.sequences[0]),
+                return_exceptions=True,
+            )
+
+    failed, served = run(scenario())
+    assert isinstance(failed, MoerecError)
+    assert len(served.items) == 10
+
+
+def test_requests_before_start_are_refused(predictor, tiny_dataset):
+    batcher = MicroBatcher(predictor)
+    with pytest.raises(BatcherClosedError, match="start"):
+        run(batcher.recommend(tiny_dataset.sequences[0]))
+
+
+def test_invalid_settings_are_refused(predictor):
+    with pytest.raises(ValueError, match="max_batch_size"):
+        MicroBatcher(predictor, max_batch_size=0)
+    with pytest.raises(ValueError, match="max_wait_ms"):
+        MicroBatcher(predictor, max_wait_ms=-1)
