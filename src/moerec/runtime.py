@@ -3,8 +3,9 @@
 PyTorch on CPU allocates and frees large tensors every step. glibc's malloc hands big blocks
 back to the kernel at once, so each step page-faults them in again, which is slow on virtual
 machines; jemalloc keeps freed memory for reuse. benchmarks/speed.py on the Beauty data set
-(2-core VM) measured a MoE training step at 0.31 s with glibc and 0.19 s with jemalloc, and a
-lower peak memory; with the cores shared by another process the gap grew several-fold.
+(2-core VM) measured a MoE training step at 0.26-0.31 s with glibc and 0.19 s with jemalloc in
+two runs, and a lower peak memory; with the cores shared by another process the gap grew
+several-fold.
 PyTorch's own CPU tuning guide recommends the same switch. The ``moerec`` command re-executes
 itself once with jemalloc preloaded when the library is installed (Debian/Ubuntu:
 ``libjemalloc2``); set ``MOEREC_JEMALLOC=0`` to keep the system allocator.
