@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+
 from moerec.config import ExperimentConfig, load_config
+from moerec.data.dataset import Dataset
+from moerec.inference import Recommendation
+from moerec.registry import save_artefact
+from moerec.training import TrainResult
 
 
 def small_config(**train_overrides: object) -> ExperimentConfig:
@@ -30,3 +38,18 @@ def small_config(**train_overrides: object) -> ExperimentConfig:
             },
         },
     )
+
+
+def save_trained(root: Path, trained: TrainResult, dataset: Dataset) -> Path:
+    """The session's trained model saved as version v0001 of "tiny" under ``root``."""
+    return save_artefact(
+        root, "tiny", trained.model, trained.config, dataset.vocab, trained.metrics(),
+        dataset.fingerprint,
+    )  # fmt: skip
+
+
+def assert_same_recommendation(actual: Recommendation, expected: Recommendation) -> None:
+    """Same items and routing; scores equal up to batched-matmul rounding."""
+    assert actual.items == expected.items
+    assert actual.experts == expected.experts
+    np.testing.assert_allclose(actual.scores, expected.scores, rtol=1e-5, atol=1e-5)

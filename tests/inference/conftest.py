@@ -3,18 +3,10 @@
 import pytest
 
 from moerec.inference import Predictor
-from moerec.registry import save_artefact
+from tests.helpers import save_trained
 
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory, trained, tiny_dataset):
-    path = save_artefact(
-        tmp_path_factory.mktemp("models"),
-        "tiny",
-        trained.model,
-        trained.config,
-        tiny_dataset.vocab,
-        trained.metrics(),
-        tiny_dataset.fingerprint,
-    )
+    path = save_trained(tmp_path_factory.mktemp("models"), trained, tiny_dataset)
     return Predictor.from_path(path)

@@ -5,6 +5,7 @@ import pytest
 
 from moerec import MoerecError
 from moerec.inference import BatcherClosedError, BatchReport, MicroBatcher
+from tests.helpers import assert_same_recommendation
 
 
 def histories(dataset, n):
@@ -29,10 +30,7 @@ def test_concurrent_requests_share_forward_passes_and_match_direct_calls(predict
     assert sum(r.size for r in reports) == 12
     assert len(reports) < 12  # fewer forward passes than requests
     for history, result in zip(users, results, strict=True):
-        direct = predictor.recommend([history], k=5)[0]
-        assert result.items == direct.items
-        assert result.experts == direct.experts
-        np.testing.assert_allclose(result.scores, direct.scores, rtol=1e-5, atol=1e-5)
+        assert_same_recommendation(result, predictor.recommend([history], k=5)[0])
 
 
 def test_batches_never_exceed_max_batch_size(predictor, tiny_dataset):

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from moerec import MoerecError
+from tests.helpers import assert_same_recommendation
 
 
 def test_recommendations_exclude_the_history_and_are_sorted(predictor, tiny_dataset):
@@ -26,10 +27,7 @@ def test_batched_and_single_requests_agree(predictor, tiny_dataset):
     histories = [tiny_dataset.sequences[u] for u in range(5)]
     batched = predictor.recommend(histories, k=5)
     for history, rec in zip(histories, batched, strict=True):
-        single = predictor.recommend([history], k=5)[0]
-        assert single.items == rec.items
-        assert single.experts == rec.experts
-        np.testing.assert_allclose(single.scores, rec.scores, rtol=1e-5, atol=1e-5)
+        assert_same_recommendation(predictor.recommend([history], k=5)[0], rec)
 
 
 def test_unknown_items_are_reported_not_fatal(predictor, tiny_dataset):

@@ -5,19 +5,12 @@ import torch
 
 from moerec.registry import ArtefactError, list_versions, load_artefact, save_artefact
 from moerec.registry.artefact import MANIFEST, MANIFEST_DIGEST, WEIGHTS, sha256_file
+from tests.helpers import save_trained
 
 
 @pytest.fixture
 def saved(tmp_path, trained, tiny_dataset):
-    return save_artefact(
-        tmp_path,
-        "tiny",
-        trained.model,
-        trained.config,
-        tiny_dataset.vocab,
-        trained.metrics(),
-        tiny_dataset.fingerprint,
-    )
+    return save_trained(tmp_path, trained, tiny_dataset)
 
 
 def test_artefact_loads_back_bit_identically(saved, trained, tiny_dataset):

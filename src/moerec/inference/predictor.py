@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from moerec import MoerecError
-from moerec.data.batching import left_pad
+from moerec.data.batching import left_pad, trim_padding
 from moerec.evaluation.evaluator import exclude_seen
 from moerec.registry import Artefact, load_artefact
 
@@ -79,7 +79,9 @@ class Predictor:
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         items = np.concatenate(histories).astype(np.int64)
         rows = np.arange(len(histories))
-        seq = torch.from_numpy(left_pad(offsets, items, rows, self.max_len))  # (B, L)
+        seq = torch.from_numpy(
+            trim_padding(left_pad(offsets, items, rows, self.max_len))
+        )  # (B, ≤L)
         user_hidden, out = self.model.encode_users(seq)  # (B, D)
         scores = self.model.score(user_hidden)  # (B, V)
         if exclude_history:

@@ -33,6 +33,7 @@ from moerec.training.optim import build_optimizer, build_scheduler
 from moerec.training.runlog import RunLog, plot_run
 
 SELECTION_METRIC = "ndcg@10"
+CHECKPOINT_NAME = "checkpoint.pt"
 
 
 class TrainingError(MoerecError):
@@ -41,9 +42,6 @@ class TrainingError(MoerecError):
 
 class TrainingDivergedError(TrainingError):
     """The loss stopped being a finite number."""
-
-
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 @dataclass
@@ -251,13 +249,14 @@ def _train_epoch(
     )
     for inputs, targets in bar:
         ce, aux, stats = train_step(model, optimizer, scheduler, inputs, targets, tc)
-        if not math.isfinite(ce.item()):
+        loss = ce.item()
+        if not math.isfinite(loss):
             raise TrainingDivergedError(
-                f"training diverged: the loss became {ce.item()} in epoch {epoch}, batch "
+                f"training diverged: the loss became {loss} in epoch {epoch}, batch "
                 f"{batches + 1}; lower train.learning_rate or set train.grad_clip"
             )
         routing.add(stats)
-        total_ce += ce.item()
+        total_ce += loss
         total_aux += aux.item()
         batches += 1
         bar.set_postfix(loss=f"{total_ce / batches:.4f}")
