@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from moerec import MoerecError
+from moerec.inference import Query
 from tests.helpers import assert_same_recommendation
 
 
@@ -46,3 +47,52 @@ def test_k_larger_than_what_is_left_returns_only_real_items(predictor, tiny_data
     everything = np.arange(1, tiny_dataset.num_items + 1)
     rec = predictor.recommend([everything[:-3]], k=50)[0]
     assert len(rec.items) == 3
+
+
+def test_candidates_restrict_the_ranking_to_themselves(predictor, tiny_dataset):
+    history = tiny_dataset.sequences[2]
+    full = predictor.recommend([history], k=60)[0]
+    pool = np.asarray(tiny_dataset.vocab.encode_items(full.items[10:20]))
+    rec = predictor.run([Query(history, k=5, candidates=pool)])[0]
+    assert rec.items == full.items[10:15]  # the same order as in the full ranking
+
+
+def test_excluded_items_are_never_recommended(predictor, tiny_dataset):
+    history = tiny_dataset.sequences[3]
+    top = predictor.recommend([history], k=5)[0]
+    banned = np.asarray(tiny_dataset.vocab.encode_items(top.items[:3]))
+    rec = predictor.run([Query(history, k=5, exclude=banned)])[0]
+    assert not set(top.items[:3]) & set(rec.items)
+    assert rec.items[:2] == top.items[3:5]
+
+
+def test_scoring_returns_raw_scores_in_the_asked_order_even_for_seen_items(predictor, tiny_dataset):
+    history = tiny_dataset.sequences[4]
+    unfiltered = predictor.recommend([history], k=predictor.vocab.num_items, exclude_history=False)
+    by_item = dict(zip(unfiltered[0].items, unfiltered[0].scores, strict=True))
+    asked = [*tiny_dataset.vocab.decode_items(history[:2].tolist()), unfiltered[0].items[7]]
+    rec = predictor.run(
+        [
+            Query(
+                history,
+                candidates=np.asarray(tiny_dataset.vocab.encode_items(asked)),
+                score_only=True,
+            )
+        ]
+    )[0]
+    assert rec.items == asked
+    assert rec.scores == pytest.approx([by_item[i] for i in asked], abs=1e-5)
+
+
+def test_a_mixed_batch_answers_each_query_as_if_it_were_alone(predictor, tiny_dataset):
+    seqs = tiny_dataset.sequences
+    queries = [
+        Query(seqs[0], k=3),
+        Query(seqs[1], k=8, exclude_history=False),
+        Query(seqs[2], k=4, candidates=np.arange(1, 40)),
+        Query(seqs[3], candidates=np.asarray([5, 1, 9]), score_only=True),
+        Query(seqs[4], k=6, exclude=np.arange(1, 30)),
+    ]
+    together = predictor.run(queries)
+    for query, rec in zip(queries, together, strict=True):
+        assert_same_recommendation(predictor.run([query])[0], rec)

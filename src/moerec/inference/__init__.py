@@ -1,7 +1,7 @@
 """Inference: load an artefact once, encode histories, rank the catalogue. No web code."""
 
 from moerec.inference.batcher import BatcherClosedError, BatchReport, MicroBatcher
-from moerec.inference.predictor import ExpertUse, Predictor, Recommendation
+from moerec.inference.predictor import ExpertUse, Predictor, Query, Recommendation
 
 __all__ = [
     "BatchReport",
@@ -9,5 +9,6 @@ __all__ = [
     "ExpertUse",
     "MicroBatcher",
     "Predictor",
+    "Query",
     "Recommendation",
 ]

@@ -16,12 +16,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 
 from moerec import MoerecError
-from moerec.inference.predictor import Predictor, Recommendation
+from moerec.inference.predictor import Predictor, Query, Recommendation
 
 
 class BatcherClosedError(MoerecError):
@@ -30,9 +29,7 @@ class BatcherClosedError(MoerecError):
 
 @dataclass
 class _Request:
-    history: np.ndarray
-    k: int
-    exclude_history: bool
+    query: Query
     future: asyncio.Future[Recommendation]
     enqueued: float
 
@@ -99,12 +96,16 @@ class MicroBatcher:
         self, history: np.ndarray, k: int = 10, exclude_history: bool = True
     ) -> Recommendation:
         """Top-k for one encoded history; waits at most max_wait_ms for companions."""
+        return await self.submit(Query(history, k=k, exclude_history=exclude_history))
+
+    async def submit(self, query: Query) -> Recommendation:
+        """Answer one query in the next forward pass."""
         if self._queue is None:
             raise BatcherClosedError("the micro-batcher is not running; call start() first")
-        if len(history) == 0:
+        if len(query.history) == 0:
             raise MoerecError("every history needs at least one item the model knows")
         future: asyncio.Future[Recommendation] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Request(history, k, exclude_history, future, time.perf_counter()))
+        self._queue.put_nowait(_Request(query, future, time.perf_counter()))
         return await future
 
     async def _run(self) -> None:
@@ -128,30 +129,20 @@ class MicroBatcher:
 
     async def _serve(self, batch: list[_Request]) -> None:
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        for exclude in (True, False):  # one forward per exclusion setting present
-            group = [r for r in batch if r.exclude_history is exclude and not r.future.done()]
-            if not group:
-                continue
-            k = max(r.k for r in group)
+        live = [r for r in batch if not r.future.done()]  # callers may have gone away
+        if live:
             try:
-                results = await loop.run_in_executor(
-                    self._executor,
-                    partial(
-                        self.predictor.recommend,
-                        [r.history for r in group],
-                        k=k,
-                        exclude_history=exclude,
-                    ),
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.predictor.run, [r.query for r in live]
                 )
             except Exception as exc:  # the callers see the model's error, the loop goes on
-                for request in group:
+                for request in live:
                     if not request.future.done():
                         request.future.set_exception(exc)
-                continue
-            for request, result in zip(group, results, strict=True):
-                if not request.future.done():  # the caller may have gone away
-                    request.future.set_result(_truncate(result, request.k))
+            else:
+                for request, result in zip(live, results, strict=True):
+                    if not request.future.done():
+                        request.future.set_result(result)
         if self.on_batch is not None:
             self.on_batch(
                 BatchReport(
@@ -160,7 +151,3 @@ class MicroBatcher:
                     oldest_wait_seconds=started - batch[0].enqueued,
                 )
             )
-
-
-def _truncate(result: Recommendation, k: int) -> Recommendation:
-    return Recommendation(items=result.items[:k], scores=result.scores[:k], experts=result.experts)

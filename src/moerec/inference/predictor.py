@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from moerec import MoerecError
-from moerec.data.batching import left_pad, trim_padding
+from moerec.data.batching import flat_rows, left_pad, trim_padding
 from moerec.evaluation.evaluator import exclude_seen
 from moerec.registry import Artefact, load_artefact
 
@@ -32,9 +32,25 @@ class ExpertUse:
 
 @dataclass(frozen=True)
 class Recommendation:
-    items: list[str]  # raw item ids, best first
+    items: list[str]  # raw item ids, best first (or in the asked order for a scoring query)
     scores: list[float]
     experts: list[ExpertUse]  # one entry per MoE layer; empty for a dense model
+
+
+@dataclass(frozen=True)
+class Query:
+    """One user's request, in the model's encoded ids.
+
+    A batch of queries shares one forward pass whatever their options: the per-row options
+    only change which scores are masked or read afterwards.
+    """
+
+    history: np.ndarray  # encoded items, oldest first; at least one
+    k: int = 10
+    exclude_history: bool = True
+    exclude: np.ndarray | None = None  # encoded items never to recommend
+    candidates: np.ndarray | None = None  # rank only these encoded items
+    score_only: bool = False  # return the scores of `candidates`, in the order given
 
 
 class Predictor:
@@ -66,38 +82,87 @@ class Predictor:
                 known.append(index)
         return np.asarray(known, dtype=np.int64), unknown
 
-    @torch.no_grad()
     def recommend(
         self, histories: Sequence[np.ndarray], k: int = 10, exclude_history: bool = True
     ) -> list[Recommendation]:
         """Top-k items for each encoded history (oldest item first)."""
-        if any(len(h) == 0 for h in histories):
+        return self.run([Query(h, k=k, exclude_history=exclude_history) for h in histories])
+
+    @torch.no_grad()
+    def run(self, queries: Sequence[Query]) -> list[Recommendation]:
+        """Answer a batch of queries with one forward pass over their histories."""
+        if any(len(q.history) == 0 for q in queries):
             raise MoerecError("every history needs at least one item the model knows")
-        if not histories:
+        if not queries:
             return []
-        lengths = np.asarray([len(h) for h in histories], dtype=np.int64)
+        lengths = np.asarray([len(q.history) for q in queries], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
-        items = np.concatenate(histories).astype(np.int64)
-        rows = np.arange(len(histories))
+        items = np.concatenate([q.history for q in queries]).astype(np.int64)
+        rows = np.arange(len(queries))
         seq = torch.from_numpy(
             trim_padding(left_pad(offsets, items, rows, self.max_len))
         )  # (B, ≤L)
         user_hidden, out = self.model.encode_users(seq)  # (B, D)
         scores = self.model.score(user_hidden)  # (B, V)
-        if exclude_history:
-            exclude_seen(scores, offsets, items, rows)
-        k = min(k, self.model.config.num_items)
-        top_scores, top_items = scores.topk(k, dim=1)  # (B, k)
         routing = out.last_position_routing()
-        return [
-            self._recommendation(top_items[b], top_scores[b], routing, b)
-            for b in range(len(histories))
+        # scoring queries read raw scores: history exclusion would turn them into -inf
+        filtered = [q.exclude_history and not q.score_only for q in queries]
+        if all(filtered):
+            exclude_seen(scores, offsets, items, rows)
+        elif any(filtered):
+            subset = np.asarray(filtered).nonzero()[0]
+            batch_pos, flat = flat_rows(offsets, subset)
+            scores[torch.from_numpy(subset[batch_pos]), torch.from_numpy(items[flat])] = float(
+                "-inf"
+            )
+        plain = [
+            b
+            for b, q in enumerate(queries)
+            if not q.score_only and q.candidates is None and q.exclude is None
         ]
+        results: dict[int, Recommendation] = {}
+        if plain:  # the common case: one batched top-k
+            k_max = min(max(queries[b].k for b in plain), self.model.config.num_items)
+            top_scores, top_items = scores[plain].topk(k_max, dim=1)
+            for i, b in enumerate(plain):
+                k = queries[b].k
+                results[b] = self._recommendation(top_items[i, :k], top_scores[i, :k], routing, b)
+        for b, query in enumerate(queries):
+            if b in results:
+                continue
+            row = scores[b]
+            if query.score_only:
+                picked = torch.from_numpy(_ids(query.candidates))
+                results[b] = self._recommendation(picked, row[picked], routing, b, keep_all=True)
+                continue
+            row = self._restrict(row, query)
+            top_scores, top_items = row.topk(min(query.k, self.model.config.num_items))
+            results[b] = self._recommendation(top_items, top_scores, routing, b)
+        return [results[b] for b in range(len(queries))]
+
+    @staticmethod
+    def _restrict(row: Tensor, query: Query) -> Tensor:
+        if query.candidates is not None:
+            allowed = torch.full_like(row, float("-inf"))
+            picked = torch.from_numpy(_ids(query.candidates))
+            allowed[picked] = row[picked]
+            row = allowed
+        else:
+            row = row.clone()
+        if query.exclude is not None and len(query.exclude):
+            row[torch.from_numpy(_ids(query.exclude))] = float("-inf")
+        return row
 
     def _recommendation(
-        self, items: Tensor, scores: Tensor, routing: list[tuple[Tensor, Tensor, Tensor]], b: int
+        self,
+        items: Tensor,
+        scores: Tensor,
+        routing: list[tuple[Tensor, Tensor, Tensor]],
+        b: int,
+        keep_all: bool = False,
     ) -> Recommendation:
-        keep = torch.isfinite(scores)  # fewer than k items left after exclusion
+        # fewer than k items may be left after exclusion; a scoring query keeps every item
+        keep = torch.ones_like(scores, dtype=torch.bool) if keep_all else torch.isfinite(scores)
         experts = [
             ExpertUse(
                 layer=layer,
@@ -111,3 +176,7 @@ class Predictor:
             scores=scores[keep].tolist(),
             experts=experts,
         )
+
+
+def _ids(values: np.ndarray | None) -> np.ndarray:
+    return np.asarray(values if values is not None else [], dtype=np.int64)
