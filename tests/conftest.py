@@ -51,3 +51,7 @@ def _quiet_threads() -> None:
         import torch
 
         torch.set_num_threads(1)
+
+
+# Real PostgreSQL and Redis (fail under CI when they are down).
+from tests.services import postgres_url, redis_url  # noqa: E402, F401

@@ -27,6 +27,12 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Inspect or generate interaction data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+db_app = typer.Typer(help="Create or update the service's database; load data into it.",
+                     no_args_is_help=True)  # fmt: skip
+app.add_typer(db_app, name="db")
+token_app = typer.Typer(help="Mint JWT bearer tokens for development and tests.",
+                        no_args_is_help=True)  # fmt: skip
+app.add_typer(token_app, name="token")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep and logs
@@ -503,6 +509,144 @@ def demo(
             rec = predictor.recommend([history], k=10)[0]
             print_recommendation(dataset.vocab.user_ids[u], raw_items, rec, titles)
         out.print(f"done in {time.perf_counter() - started:.0f}s")
+
+
+# --------------------------------------------------------------------------- service
+
+DatabaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="SQLAlchemy async URL (default $MOEREC_DATABASE_URL, else sqlite+aiosqlite:///"
+        "moerec.db); e.g. postgresql+asyncpg://user@host/db.",
+    ),
+]
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model", "-m", help="Model folder (newest version) or version folder to serve."
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    database_url: DatabaseOpt = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(help="redis://host:6379/0 for a shared cache and rate limits."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Serve recommendations over HTTP (FastAPI + uvicorn). Settings: MOEREC_* variables."""
+    import uvicorn
+
+    from moerec.config import load_service_settings
+    from moerec.serving.app import create_app
+    from moerec.serving.logs import configure_logging
+
+    with user_errors():
+        settings = load_service_settings(
+            model_path=model, database_url=database_url, redis_url=redis_url, log_level=log_level
+        )
+        configure_logging(settings.log_level)
+        if settings.mode == "development":
+            err.print(
+                "[yellow]development mode[/]: tokens are signed with a built-in secret; "
+                "set MOEREC_MODE=production and MOEREC_JWT_SECRET for real use",
+                highlight=False,
+            )
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=10,
+        )
+
+
+@token_app.command("create")
+def token_create(
+    sub: Annotated[str, typer.Option(help="Subject: the user id (or a service name).")],
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(help="recommend, recommend:any, events:write or admin (repeatable)."),
+    ] = None,
+    ttl: Annotated[int, typer.Option(min=1, help="Lifetime in seconds.")] = 3600,
+    client_id: Annotated[
+        str | None, typer.Option(help="Client id for per-client rate limits (default: sub).")
+    ] = None,
+) -> None:
+    """Print a signed token (MOEREC_JWT_* settings; development secret by default)."""
+    from moerec.config import load_service_settings
+    from moerec.serving.auth import mint_token
+
+    with user_errors():
+        settings = load_service_settings()
+        print(
+            mint_token(
+                settings,
+                subject=sub,
+                scopes=scope or ["recommend", "events:write"],
+                ttl_seconds=ttl,
+                client_id=client_id,
+            )
+        )
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: DatabaseOpt = None) -> None:
+    """Apply the database migrations (creates the tables on a new database)."""
+    from moerec.config import load_service_settings
+    from moerec.storage.migrate import current_revision, upgrade
+
+    with user_errors():
+        url = load_service_settings(database_url=database_url).database_url
+        upgrade(url)
+        out.print(f"database at revision {current_revision(url)}")
+
+
+@db_app.command("import")
+def db_import(
+    data: DataOpt,
+    fmt: FormatOpt = "auto",
+    titles: Annotated[
+        Path | None, typer.Option(help="Item titles (MovieLens u.item/movies.dat/csv).")
+    ] = None,
+    database_url: DatabaseOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Load a data set's catalogue and every user's history into the database (idempotent)."""
+    import asyncio
+
+    from moerec.config import load_service_settings
+    from moerec.data.titles import read_item_titles
+    from moerec.storage import Storage
+    from moerec.storage.importer import import_dataset
+    from moerec.storage.migrate import upgrade
+
+    with user_errors():
+        url = load_service_settings(database_url=database_url).database_url
+        dataset = _load_data(data, fmt, load_config(config))
+        names = read_item_titles(titles) if titles else None
+        upgrade(url)
+
+        async def run() -> Any:
+            storage = Storage(url)
+            try:
+                return await import_dataset(storage, dataset, names, progress=True)
+            finally:
+                await storage.close()
+
+        report = asyncio.run(run())
+        out.print(
+            f"imported {report.items:,} items, {report.users:,} users, "
+            f"{report.events:,} events ({report.skipped:,} already present)"
+        )
 
 
 @app.command()

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from moerec import MoerecError
 
@@ -211,3 +212,107 @@ def load_config(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"{where}invalid config: {problems}") from None
+
+
+# --------------------------------------------------------------------------- service settings
+
+DEVELOPMENT_SECRET = "moerec-development-secret-do-not-use-in-production"
+JwtAlgorithm = Literal["HS256", "RS256", "ES256"]
+
+
+class ServiceSettings(BaseSettings):
+    """How ``moerec serve`` runs, read from ``MOEREC_*`` environment variables.
+
+    The defaults are the embedded setup: SQLite in the working folder, an in-process cache and
+    rate limiter, a development signing secret. ``MOEREC_MODE=production`` refuses to start
+    with a placeholder secret, so a forgotten variable cannot ship a guessable key.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MOEREC_", extra="ignore", frozen=True)
+
+    mode: Literal["development", "production"] = Field(
+        "development", description="'production' refuses development secrets and the /ui page."
+    )
+    model_path: Path = Field(
+        Path("models/demo"),
+        description="A model folder (its newest version is served) or one version folder.",
+    )
+    database_url: str = Field(
+        "sqlite+aiosqlite:///moerec.db",
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///file.db or "
+        "postgresql+asyncpg://user:password@host/db.",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="redis://host:6379/0 for a shared cache and rate limits; unset = in-process.",
+    )
+
+    jwt_algorithm: JwtAlgorithm = Field(
+        "HS256", description="HS256 (shared secret) or RS256/ES256."
+    )
+    jwt_secret: SecretStr | None = Field(None, description="HS256 shared secret (≥ 32 bytes).")
+    jwt_public_key_file: Path | None = Field(None, description="PEM public key for RS256/ES256.")
+    jwt_private_key_file: Path | None = Field(
+        None, description="PEM private key, only for minting tokens with `moerec token create`."
+    )
+    jwt_issuer: str = Field("moerec", description="Required `iss` claim.")
+    jwt_audience: str = Field("moerec-api", description="Required `aud` claim.")
+    jwt_leeway_seconds: float = Field(10.0, ge=0, description="Clock skew allowed on exp/nbf.")
+
+    rate_limit_user_per_second: float = Field(20.0, gt=0, description="Token refill per user.")
+    rate_limit_user_burst: int = Field(40, ge=1, description="Bucket size per user.")
+    rate_limit_client_per_second: float = Field(
+        2000.0, gt=0, description="Token refill per client (the token's `cid`, else its subject)."
+    )
+    rate_limit_client_burst: int = Field(4000, ge=1)
+
+    cache_ttl_seconds: int = Field(300, ge=1, description="Lifetime of a cached recommendation.")
+    local_cache_entries: int = Field(100_000, ge=1, description="Size of the in-process cache.")
+
+    max_k: int = Field(100, ge=1, description="Largest k a request may ask for.")
+    max_history: int = Field(500, ge=1, description="Longest anonymous history accepted.")
+    max_candidates: int = Field(1000, ge=1, description="Longest candidate list accepted.")
+
+    batch_max_size: int = Field(32, ge=1, description="Most requests in one forward pass.")
+    batch_max_wait_ms: float = Field(2.0, ge=0, description="Longest wait for batch companions.")
+    torch_threads: int = Field(1, ge=1, description="torch threads for the forward pass.")
+
+    log_level: str = Field("info", description="debug, info, warning or error.")
+
+    @model_validator(mode="after")
+    def _check_secrets(self) -> ServiceSettings:
+        if self.jwt_algorithm == "HS256":
+            if self.jwt_secret is None and self.mode == "production":
+                raise ValueError("MOEREC_JWT_SECRET must be set in production mode")
+            if self.jwt_secret is not None and self.mode == "production":
+                secret = self.jwt_secret.get_secret_value()
+                if secret == DEVELOPMENT_SECRET or len(secret.encode()) < 32:
+                    raise ValueError(
+                        "MOEREC_JWT_SECRET is a placeholder or shorter than 32 bytes; "
+                        "generate one with: "
+                        "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+                    )
+        elif self.jwt_public_key_file is None:
+            raise ValueError(f"{self.jwt_algorithm} needs MOEREC_JWT_PUBLIC_KEY_FILE (a PEM file)")
+        return self
+
+    def signing_secret(self) -> str:
+        """The HS256 secret: the configured one, or the development placeholder."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        if self.mode == "production":  # unreachable after validation; kept as a guard
+            raise ConfigError("MOEREC_JWT_SECRET must be set in production mode")
+        return DEVELOPMENT_SECRET
+
+
+def load_service_settings(**overrides: Any) -> ServiceSettings:
+    """Settings from the environment, with keyword overrides (CLI flags) on top."""
+    try:
+        return ServiceSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'MOEREC_' + '.'.join(str(p) for p in err['loc']).upper() if err['loc'] else ''}"
+            f"{': ' if err['loc'] else ''}{err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid service settings: {problems}") from None

@@ -1,0 +1,199 @@
+"""The FastAPI app factory.
+
+``create_app(settings)`` wires the service: storage (SQLite by default, PostgreSQL in
+production), cache and rate limiter (Redis when configured, else in-process), token verifier,
+metrics, the model slot with its micro-batcher, the popularity fallback and the audit trail.
+The lifespan builds them once and closes them in reverse order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from moerec.config import ServiceSettings
+from moerec.serving.audit import AuditTrail
+from moerec.serving.auth import TokenVerifier
+from moerec.serving.errors import ApiError
+from moerec.serving.fallback import PopularItems
+from moerec.serving.metrics import ServiceMetrics
+from moerec.serving.middleware import BodyTooLargeError, ServiceMiddleware
+from moerec.serving.model_slot import LoadedModel, ModelSlot
+from moerec.serving.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from moerec.serving.routes import admin, events, health, items, recommendations, scores, users
+from moerec.serving.routes._responses import json
+from moerec.serving.service import Services
+from moerec.storage import Storage
+from moerec.storage.cache import LocalCache, RedisCache, ResponseCache
+
+log = logging.getLogger("moerec.serving")
+
+MAX_BODY_BYTES = 1_000_000
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    settings = settings or ServiceSettings()
+    metrics = ServiceMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            app.state.services = await _start_services(settings, metrics, stack)
+            yield
+
+    app = FastAPI(
+        title="moerec",
+        summary="Real-time recommendations from a Mixture-of-Experts Transformer.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    for router in (recommendations, scores, events, items, users, admin, health):
+        app.include_router(router.router)
+    _install_error_handlers(app)
+    app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=MAX_BODY_BYTES)
+    return app
+
+
+async def _start_services(
+    settings: ServiceSettings, metrics: ServiceMetrics, stack: contextlib.AsyncExitStack
+) -> Services:
+    torch.set_num_threads(settings.torch_threads)
+    verifier = TokenVerifier(settings)  # fails fast on a bad key before anything starts
+
+    storage = Storage(settings.database_url)
+    stack.push_async_callback(storage.close)
+    if (
+        storage.is_sqlite
+    ):  # the embedded default migrates itself; PostgreSQL via `moerec db upgrade`
+        await storage.upgrade()
+    else:
+        await storage.ensure_migrated()
+
+    cache: ResponseCache
+    limiter: RateLimiter
+    if settings.redis_url:
+        from redis.asyncio import Redis
+
+        redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        stack.push_async_callback(redis.aclose)
+        cache, limiter = RedisCache(redis), RedisRateLimiter(redis)
+    else:
+        cache = LocalCache(settings.local_cache_entries)
+        limiter = LocalRateLimiter()
+    stack.push_async_callback(cache.close)
+    stack.push_async_callback(limiter.close)
+
+    audit = AuditTrail(storage)
+    audit.start()
+    stack.push_async_callback(audit.close)
+
+    def on_load(model: LoadedModel) -> None:
+        config = model.predictor.artefact.config
+        metrics.set_model(
+            model.name,
+            model.predictor.version,
+            config.variant,
+            config.model.moe_num_experts,
+            config.model.moe_top_k,
+        )
+
+    models = ModelSlot(
+        settings.model_path,
+        settings.batch_max_size,
+        settings.batch_max_wait_ms,
+        on_batch=metrics.observe_batch,
+        on_load=on_load,
+    )
+    await models.load()
+    stack.push_async_callback(models.close)
+    await storage.ensure_catalogue(models.current.predictor.vocab.item_ids)
+
+    popular = PopularItems(storage, size=settings.max_k * 4)
+    await popular.start()
+    stack.push_async_callback(popular.close)
+    log.info(
+        "moerec is serving",
+        extra={
+            "model_version": models.current.version,
+            "database": storage.dialect,
+            "cache": cache.name,
+        },
+    )
+    return Services(settings, storage, cache, limiter, verifier, metrics, models, popular, audit)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error is JSON ``{"error": {"code", "message"}}``; no stack trace leaves the process."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        response = json({"error": {"code": exc.code, "message": exc.message}}, exc.status)
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        details = [_validation_detail(e) for e in exc.errors()]
+        first = details[0] if details else {"field": "body", "problem": "invalid"}
+        message = f"{first['field']}: {first['problem']}"
+        if len(details) > 1:
+            message += f" (and {len(details) - 1} more problem(s), see details)"
+        return json(
+            {"error": {"code": "invalid_request", "message": message, "details": details}}, 422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if isinstance(exc.__cause__, BodyTooLargeError):
+            return json(
+                {
+                    "error": {
+                        "code": "body_too_large",
+                        "message": f"the request body is larger than {MAX_BODY_BYTES} bytes",
+                    }
+                },
+                413,
+            )
+        codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+        code = codes.get(exc.status_code, "http_error")
+        message = {
+            404: f"no route {request.url.path}; see /docs for the API",
+            405: f"{request.method} is not allowed on {request.url.path}",
+        }.get(exc.status_code, str(exc.detail))
+        response = json({"error": {"code": code, "message": message}}, exc.status_code)
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", extra={"path": request.url.path})
+        return json(
+            {
+                "error": {
+                    "code": "internal_error",
+                    "message": "the service failed to answer; the error is logged with this "
+                    "request's X-Request-ID",
+                }
+            },
+            500,
+        )
+
+
+def _validation_detail(error: Any) -> dict[str, str]:
+    where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body",)) or "body"
+    problem = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    return {"field": where, "problem": problem}
+
+
+def _version() -> str:
+    from moerec import __version__
+
+    return __version__
