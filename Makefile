@@ -53,7 +53,7 @@ bench-speed: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/speed.py --data $(DATA_ROOT)/amazon-beauty/Beauty.txt
 
 constraints: $(VENV)/.installed-dev
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^moerec' > $(CONSTRAINTS)
+	{ head -2 $(CONSTRAINTS); $(BIN)/python -m pip freeze --exclude-editable | grep -v "^moerec" | sed "s/+cpu$$//"; } > $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 clean:
 	rm -rf $(VENV) .moerec-demo runs models

@@ -194,7 +194,114 @@ def test_demo_runs_end_to_end_and_prints_recommendations_with_experts(tmp_path):
 def test_every_command_has_help():
     for command in (["--help"], ["train", "--help"], ["evaluate", "--help"],
                     ["recommend", "--help"], ["demo", "--help"], ["data", "stats", "--help"],
-                    ["data", "synth", "--help"]):  # fmt: skip
+                    ["data", "synth", "--help"], ["serve", "--help"], ["token", "create", "--help"],
+                    ["db", "upgrade", "--help"], ["db", "import", "--help"]):  # fmt: skip
         result = runner.invoke(app, command)
         assert result.exit_code == 0, command
         assert "Usage" in result.output
+
+
+def test_token_create_mints_a_token_the_service_accepts(monkeypatch):
+    from moerec.config import load_service_settings
+    from moerec.serving.auth import TokenVerifier
+
+    monkeypatch.delenv("MOEREC_JWT_SECRET", raising=False)
+    result = runner.invoke(
+        app, ["token", "create", "--sub", "u7", "--scope", "recommend", "--scope", "admin"]
+    )
+    assert result.exit_code == 0, result.output
+    principal = TokenVerifier(load_service_settings()).verify(result.output.strip())
+    assert principal.subject == "u7"
+    assert principal.scopes == {"recommend", "admin"}
+
+
+def test_token_create_refuses_unknown_scopes_and_production_placeholders(monkeypatch):
+    bad = runner.invoke(app, ["token", "create", "--sub", "u7", "--scope", "root"])
+    assert bad.exit_code == 2
+    assert "root" in bad.output
+    monkeypatch.setenv("MOEREC_MODE", "production")
+    monkeypatch.delenv("MOEREC_JWT_SECRET", raising=False)
+    prod = runner.invoke(app, ["token", "create", "--sub", "u7"])
+    assert prod.exit_code == 2
+    assert "MOEREC_JWT_SECRET" in prod.output
+
+
+def test_db_upgrade_then_import_loads_histories_once(tmp_path, data_file):
+    import asyncio
+
+    from moerec.storage import Storage
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"
+    upgraded = runner.invoke(app, ["db", "upgrade", "--database-url", url])
+    assert upgraded.exit_code == 0, upgraded.output
+    assert "revision" in upgraded.output
+    first = runner.invoke(app, ["db", "import", "--data", str(data_file), "--database-url", url])
+    again = runner.invoke(app, ["db", "import", "--data", str(data_file), "--database-url", url])
+    assert first.exit_code == 0, first.output
+    assert "imported 80 items, 150 users" in first.output
+    assert "0 events" in again.output.replace(",", "")
+
+    async def count() -> int:
+        async with Storage(url) as storage:
+            return await storage.count_items()
+
+    assert asyncio.run(count()) == 80
+
+
+def test_db_commands_explain_a_bad_database_url(tmp_path):
+    result = runner.invoke(app, ["db", "upgrade", "--database-url", "postgresql://x@localhost/db"])
+    assert result.exit_code == 2
+    assert "postgresql+asyncpg://" in result.output
+
+
+def test_serve_runs_as_a_process_and_answers_over_http(model_dir, data_file, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from moerec.config import load_service_settings
+    from moerec.serving.auth import mint_token
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}"
+    assert runner.invoke(app, ["db", "import", "--data", str(data_file), "--database-url", url])
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moerec", "serve", "--model", str(model_dir),
+         "--port", str(port), "--database-url", url],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:  # poll until the model is loaded and the port answers
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            assert time.monotonic() < deadline, "moerec serve did not become ready"
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        token = mint_token(load_service_settings(), "1", ["recommend"], 60)
+        r = httpx.get(
+            f"{base}/v1/users/1/recommendations",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        assert len(r.json()["items"]) == 10
+    finally:
+        server.terminate()
+        _, log = server.communicate(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells why
+    assert server.returncode in (0, -15)
+    assert "Application shutdown complete" in log
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    access = [e for e in lines if e.get("logger") == "moerec.access"]
+    assert any(e["route"] == "/v1/users/{user_id}/recommendations" and e["status"] == 200
+               for e in access)  # fmt: skip
+    assert all(e.get("request_id") for e in access)
