@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # Pinned, tested versions. Regenerate with `make constraints`.
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: demo test lint bench-tiny bench-quality bench-speed constraints clean
+.PHONY: demo serve test lint bench-tiny bench-quality bench-speed constraints clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(BIN)/moerec demo
+
+# After `make demo`: serve its model and data on http://127.0.0.1:8000 (docs at /docs).
+serve: $(VENV)/.installed
+	$(BIN)/moerec serve --model .moerec-demo/models/demo \
+		--database-url sqlite+aiosqlite:///.moerec-demo/moerec.db
 
 test: $(VENV)/.installed-dev lint
 	$(BIN)/python -m pytest -q

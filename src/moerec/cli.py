@@ -508,7 +508,36 @@ def demo(
             raw_items = dataset.vocab.decode_items(history.tolist())
             rec = predictor.recommend([history], k=10)[0]
             print_recommendation(dataset.vocab.user_ids[u], raw_items, rec, titles)
+        database = _demo_database(workdir, dataset, titles)
+        user = dataset.vocab.user_ids[0]
+        out.print(f"[bold]5. serve[/] histories and titles loaded into {database}; next:")
+        out.print(
+            f"   moerec serve --model {path.parent} --database-url {database}\n"
+            f"   TOKEN=$(moerec token create --sub {user} --scope recommend)\n"
+            f'   curl -H "Authorization: Bearer $TOKEN" '
+            f"localhost:8000/v1/users/{user}/recommendations",
+            highlight=False,
+            soft_wrap=True,
+        )
         out.print(f"done in {time.perf_counter() - started:.0f}s")
+
+
+def _demo_database(workdir: Path, dataset: Any, titles: dict[str, str]) -> str:
+    """The demo's users and catalogue in an embedded SQLite database, ready to serve."""
+    import asyncio
+
+    from moerec.storage import Storage
+    from moerec.storage.importer import import_dataset
+
+    url = f"sqlite+aiosqlite:///{workdir / 'moerec.db'}"
+
+    async def run() -> None:
+        async with Storage(url) as storage:
+            await storage.upgrade()
+            await import_dataset(storage, dataset, titles)
+
+    asyncio.run(run())
+    return url
 
 
 # --------------------------------------------------------------------------- service

@@ -231,7 +231,7 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOEREC_", extra="ignore", frozen=True)
 
     mode: Literal["development", "production"] = Field(
-        "development", description="'production' refuses development secrets and the /ui page."
+        "development", description="'production' refuses placeholder or missing signing secrets."
     )
     model_path: Path = Field(
         Path("models/demo"),
@@ -264,7 +264,7 @@ class ServiceSettings(BaseSettings):
     rate_limit_client_per_second: float = Field(
         2000.0, gt=0, description="Token refill per client (the token's `cid`, else its subject)."
     )
-    rate_limit_client_burst: int = Field(4000, ge=1)
+    rate_limit_client_burst: int = Field(4000, ge=1, description="Bucket size per client.")
 
     cache_ttl_seconds: int = Field(300, ge=1, description="Lifetime of a cached recommendation.")
     local_cache_entries: int = Field(100_000, ge=1, description="Size of the in-process cache.")

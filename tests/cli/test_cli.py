@@ -189,6 +189,8 @@ def test_demo_runs_end_to_end_and_prints_recommendations_with_experts(tmp_path):
     assert "most popular" in result.output
     assert (tmp_path / "models" / "demo" / "v0001" / "manifest.json").is_file()
     assert (tmp_path / "run" / "plots" / "loss.png").is_file()
+    assert "moerec serve --model" in result.output
+    assert (tmp_path / "moerec.db").is_file()
 
 
 def test_every_command_has_help():
