@@ -9,10 +9,10 @@ import httpx
 import pytest
 
 from tests.helpers import save_trained
-from tests.serving.conftest import live_service
+from tests.serving.conftest import BACKENDS, live_service
 
 
-@pytest.fixture(scope="module", params=["embedded"])
+@pytest.fixture(scope="module", params=BACKENDS)
 def reloadable(request, tmp_path_factory, trained, tiny_dataset):
     yield from live_service(
         request.param, tmp_path_factory.mktemp("reload"), request, trained, tiny_dataset
