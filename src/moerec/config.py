@@ -278,6 +278,27 @@ class ServiceSettings(BaseSettings):
     torch_threads: int = Field(1, ge=1, description="torch threads for the forward pass.")
 
     log_level: str = Field("info", description="debug, info, warning or error.")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser (JSON list); empty = none.",
+    )
+
+    # Resilience: every outbound call has a timeout and a circuit breaker.
+    database_timeout_seconds: float = Field(1.0, gt=0, description="Per database call.")
+    cache_timeout_seconds: float = Field(0.25, gt=0, description="Per Redis call.")
+    model_timeout_seconds: float = Field(2.0, gt=0, description="Per forward pass wait.")
+    breaker_window: int = Field(20, ge=1, description="Calls a breaker judges failure rate on.")
+    breaker_minimum_calls: int = Field(10, ge=1, description="Calls before a breaker may open.")
+    breaker_open_seconds: float = Field(30.0, gt=0, description="Open time before probing.")
+    breaker_half_open_probes: int = Field(10, ge=1, description="Trial calls when half-open.")
+    spool_path: Path | None = Field(
+        None,
+        description="Durable local file for events accepted while the database is down "
+        "(default: beside the SQLite database, else ./moerec-spool.db; put it on a volume).",
+    )
+    history_cache_users: int = Field(
+        100_000, ge=0, description="Recent users' histories kept in memory for database outages."
+    )
 
     @model_validator(mode="after")
     def _check_secrets(self) -> ServiceSettings:
@@ -295,6 +316,15 @@ class ServiceSettings(BaseSettings):
         elif self.jwt_public_key_file is None:
             raise ValueError(f"{self.jwt_algorithm} needs MOEREC_JWT_PUBLIC_KEY_FILE (a PEM file)")
         return self
+
+    def event_spool_path(self) -> Path:
+        if self.spool_path is not None:
+            return self.spool_path
+        prefix = "sqlite+aiosqlite:///"
+        if self.database_url.startswith(prefix) and ":memory:" not in self.database_url:
+            database = Path(self.database_url.removeprefix(prefix).split("?")[0])
+            return database.with_name(database.name + ".spool")
+        return Path("moerec-spool.db")
 
     def signing_secret(self) -> str:
         """The HS256 secret: the configured one, or the development placeholder."""

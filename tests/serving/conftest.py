@@ -115,6 +115,7 @@ def backend_settings(
         client.close()
     return ServiceSettings(
         model_path=model_dir,
+        spool_path=tmp / "spool.db",
         database_url=database_url,
         redis_url=redis_url,
         **overrides,  # type: ignore[arg-type]

@@ -22,17 +22,30 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from moerec.config import ServiceSettings
 from moerec.serving.audit import AuditTrail
 from moerec.serving.auth import TokenVerifier
+from moerec.serving.breaker import BreakerBoard, BreakerSettings, State
 from moerec.serving.errors import ApiError
 from moerec.serving.fallback import PopularItems
 from moerec.serving.metrics import ServiceMetrics
 from moerec.serving.middleware import BodyTooLargeError, ServiceMiddleware
 from moerec.serving.model_slot import LoadedModel, ModelSlot
 from moerec.serving.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from moerec.serving.resilience import (
+    CACHE,
+    DATABASE,
+    MODEL,
+    FailoverRateLimiter,
+    Guard,
+    GuardedCache,
+    HistoryCache,
+    SpoolReplayer,
+    is_dependency_failure,
+)
 from moerec.serving.routes import admin, events, health, items, recommendations, scores, users
 from moerec.serving.routes._responses import json
 from moerec.serving.service import Services
 from moerec.storage import Storage
 from moerec.storage.cache import LocalCache, RedisCache, ResponseCache
+from moerec.storage.spool import EventSpool
 
 log = logging.getLogger("moerec.serving")
 
@@ -68,7 +81,34 @@ async def _start_services(
     torch.set_num_threads(settings.torch_threads)
     verifier = TokenVerifier(settings)  # fails fast on a bad key before anything starts
 
-    storage = Storage(settings.database_url)
+    def on_change(name: str, old: State, new: State) -> None:
+        metrics.circuit_state.labels(name).set(new.value)
+        log.warning("circuit breaker changed", extra={"dependency": name, "from": old.label,
+                                                       "to": new.label})  # fmt: skip
+
+    breakers = BreakerBoard(
+        BreakerSettings(
+            window_size=settings.breaker_window,
+            minimum_calls=min(settings.breaker_minimum_calls, settings.breaker_window),
+            open_seconds=settings.breaker_open_seconds,
+            half_open_probes=settings.breaker_half_open_probes,
+        ),
+        on_change=on_change,
+        is_failure=is_dependency_failure,
+        names=(DATABASE, CACHE, MODEL),
+    )
+    for name in (DATABASE, CACHE, MODEL):
+        metrics.circuit_state.labels(name).set(State.CLOSED.value)
+    guard = Guard(
+        breakers,
+        {
+            DATABASE: settings.database_timeout_seconds,
+            CACHE: settings.cache_timeout_seconds,
+            MODEL: settings.model_timeout_seconds,
+        },
+    )
+
+    storage = Storage(settings.database_url, timeout=settings.database_timeout_seconds * 5)
     stack.push_async_callback(storage.close)
     if (
         storage.is_sqlite
@@ -82,14 +122,26 @@ async def _start_services(
     if settings.redis_url:
         from redis.asyncio import Redis
 
-        redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        redis = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.cache_timeout_seconds,
+            socket_connect_timeout=settings.cache_timeout_seconds,
+        )
         stack.push_async_callback(redis.aclose)
-        cache, limiter = RedisCache(redis), RedisRateLimiter(redis)
+        cache = GuardedCache(RedisCache(redis), guard)
+        limiter = FailoverRateLimiter(RedisRateLimiter(redis), guard)
     else:
         cache = LocalCache(settings.local_cache_entries)
         limiter = LocalRateLimiter()
     stack.push_async_callback(cache.close)
     stack.push_async_callback(limiter.close)
+
+    spool = EventSpool(settings.event_spool_path())
+    stack.callback(spool.close)
+    replayer = SpoolReplayer(spool, storage, breakers, every_seconds=1.0)
+    await replayer.start()
+    metrics.spool_pending.set_function(lambda: replayer.pending)
+    stack.push_async_callback(replayer.close)
 
     audit = AuditTrail(storage)
     audit.start()
@@ -115,6 +167,8 @@ async def _start_services(
     await models.load()
     stack.push_async_callback(models.close)
     await storage.ensure_catalogue(models.current.predictor.vocab.item_ids)
+    if replayer.pending:
+        await replayer.replay_once()  # events accepted during an earlier outage
 
     popular = PopularItems(storage, size=settings.max_k * 4)
     await popular.start()
@@ -127,7 +181,21 @@ async def _start_services(
             "cache": cache.name,
         },
     )
-    return Services(settings, storage, cache, limiter, verifier, metrics, models, popular, audit)
+    return Services(
+        settings,
+        storage,
+        cache,
+        limiter,
+        verifier,
+        metrics,
+        models,
+        popular,
+        audit,
+        guard,
+        HistoryCache(settings.history_cache_users),
+        spool,
+        replayer,
+    )
 
 
 def _install_error_handlers(app: FastAPI) -> None:

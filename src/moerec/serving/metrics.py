@@ -124,6 +124,23 @@ class ServiceMetrics:
             "When the served model was loaded (Unix time).",
             registry=r,
         )
+        self.circuit_state = Gauge(
+            "moerec_circuit_state",
+            "Circuit breaker state per dependency: 0 closed, 1 half-open, 2 open.",
+            ["dependency"],
+            registry=r,
+        )
+        self.degraded = Counter(
+            "moerec_degraded_requests_total",
+            "Requests answered in a degraded mode because a dependency failed.",
+            ["dependency"],
+            registry=r,
+        )
+        self.spool_pending = Gauge(
+            "moerec_spool_pending_events",
+            "Accepted events waiting in the local spool for the database.",
+            registry=r,
+        )
         self.model_reloads = Counter(
             "moerec_model_reloads_total", "Hot reloads by outcome.", ["outcome"], registry=r
         )

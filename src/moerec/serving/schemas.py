@@ -146,7 +146,7 @@ class EventIn(_Body):
 
 
 class EventOut(BaseModel):
-    id: int
+    id: int | None = Field(description="Database id; null while the event waits in the spool.")
     user_id: str
     item_id: str
     event_type: str
@@ -154,7 +154,12 @@ class EventOut(BaseModel):
     received_at: datetime
     idempotency_key: str
     duplicate: bool = Field(description="True when this key was already stored (nothing added).")
-    history_version: int
+    history_version: int | None = Field(description="The user's history version after it.")
+    spooled: bool = Field(
+        False,
+        description="Accepted into the durable spool while the database is unavailable "
+        "(answered 202); it is stored when the database returns.",
+    )
 
 
 class HistoryResponse(BaseModel):
@@ -208,5 +213,7 @@ class FlushResponse(BaseModel):
 
 
 class ReadyResponse(BaseModel):
-    status: Literal["ready", "not_ready"]
-    checks: dict[str, str]
+    status: Literal["ready", "degraded", "not_ready"]
+    checks: dict[str, str] = Field(description="model, database, cache: 'ok' or why not.")
+    breakers: dict[str, str] = Field(description="Circuit state per dependency.")
+    spooled_events: int = Field(description="Events waiting in the spool for the database.")

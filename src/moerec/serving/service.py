@@ -24,9 +24,18 @@ from moerec.serving.fallback import PopularItems
 from moerec.serving.metrics import ServiceMetrics
 from moerec.serving.model_slot import LoadedModel, ModelSlot
 from moerec.serving.ratelimit import RateLimiter
+from moerec.serving.resilience import (
+    DATABASE,
+    MODEL,
+    DependencyDown,
+    Guard,
+    HistoryCache,
+    SpoolReplayer,
+)
 from moerec.serving.schemas import NOT_IN_HISTORY
-from moerec.storage import NewEvent, Storage, StoredEvent
+from moerec.storage import NewEvent, Storage, StoredEvent, UserHistory
 from moerec.storage.cache import ResponseCache, cache_key
+from moerec.storage.spool import EventSpool, SpooledEvent
 
 log = logging.getLogger("moerec.serving")
 
@@ -47,6 +56,10 @@ class Services:
     models: ModelSlot
     popular: PopularItems
     audit: AuditTrail
+    guard: Guard
+    histories: HistoryCache
+    spool: EventSpool
+    replayer: SpoolReplayer
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,7 @@ class Subject:
     items: list[str]  # oldest first, without dismissals
     dismissed: frozenset[str]
     version: str  # changes whenever the history does
+    degraded: bool = False  # read from memory: the database did not answer
 
 
 async def load_subject(
@@ -67,7 +81,16 @@ async def load_subject(
         digest = hashlib.blake2b("\x1f".join(anonymous).encode(), digest_size=12).hexdigest()
         return Subject(None, anonymous, frozenset(), digest)
     window = model.predictor.max_len * HISTORY_WINDOW_FACTOR
-    stored = await services.storage.user_history(user_id, window)
+    degraded = False
+    try:
+        stored = await services.guard.call(
+            DATABASE, lambda: services.storage.user_history(user_id, window)
+        )
+        services.histories.remember(stored)
+    except DependencyDown:
+        degraded = True
+        services.metrics.degraded.labels(DATABASE).inc()
+        stored = services.histories.get(user_id) or UserHistory(user_id, [], [], 0, False)
     items: list[str] = []
     dismissed: set[str] = set()
     for item, kind in zip(stored.items, stored.event_types, strict=True):
@@ -75,7 +98,8 @@ async def load_subject(
             dismissed.add(item)
         else:
             items.append(item)
-    return Subject(user_id, items, frozenset(dismissed), str(stored.version))
+    version = f"{stored.version}m" if degraded else str(stored.version)
+    return Subject(user_id, items, frozenset(dismissed), version, degraded)
 
 
 def check_limit(name: str, size: int, limit: int) -> None:
@@ -123,7 +147,10 @@ async def recommend(
     encoded, unknown = predictor.encode(subject.items)
     banned = set(exclude or ()) | subject.dismissed
     if len(encoded) == 0:
-        payload = _fallback(services, model, subject, k, candidates, banned, exclude_history)
+        reason = "no_history" if not subject.items else "unknown_items"
+        payload = _fallback(
+            services, model, subject, k, candidates, banned, exclude_history, reason
+        )
     else:
         query = Query(
             encoded,
@@ -132,10 +159,17 @@ async def recommend(
             exclude=predictor.encode(sorted(banned))[0] if banned else None,
             candidates=predictor.encode(candidates)[0] if candidates is not None else None,
         )
-        rec = await model.batcher.submit(query)
+        try:
+            rec = await services.guard.call(MODEL, lambda: model.batcher.submit(query))
+        except DependencyDown:
+            log.warning("model unavailable; serving the popularity fallback", exc_info=True)
+            return _fallback(  # not cached: the next request should try the model again
+                services, model, subject, k, candidates, banned, exclude_history, "model_error"
+            )
         services.metrics.observe_routing(rec.experts)
         payload = _payload(subject, model, rec, len(encoded), unknown)
-    await services.cache.set(key, orjson.dumps(payload), settings.cache_ttl_seconds)
+    if not subject.degraded:  # an answer from a stale history must not outlive the outage
+        await services.cache.set(key, orjson.dumps(payload), settings.cache_ttl_seconds)
     return payload
 
 
@@ -168,8 +202,8 @@ def _fallback(
     candidates: list[str] | None,
     banned: set[str],
     exclude_history: bool,
+    reason: str,
 ) -> dict[str, Any]:
-    reason = "no_history" if not subject.items else "unknown_items"
     services.metrics.fallbacks.labels(reason).inc()
     skip = banned | set(subject.items) if exclude_history else banned
     top = services.popular.top(k, skip, set(candidates) if candidates is not None else None)
@@ -206,9 +240,16 @@ async def score(
     known_raw = [i for i in items if predictor.vocab.item_index(i) is not None]
     if len(asked) == 0:
         return _scores_payload(subject, model, [], [], unknown, [])
-    rec = await model.batcher.submit(
-        Query(encoded, candidates=asked, exclude_history=False, score_only=True)
-    )
+    query = Query(encoded, candidates=asked, exclude_history=False, score_only=True)
+    try:
+        rec = await services.guard.call(MODEL, lambda: model.batcher.submit(query))
+    except DependencyDown:
+        raise ApiError(
+            503,
+            "model_unavailable",
+            "the model could not score this request in time; retry shortly",
+            headers={"Retry-After": "1"},
+        ) from None
     return _scores_payload(subject, model, known_raw, rec.scores, unknown, rec.experts)
 
 
@@ -233,30 +274,61 @@ def _scores_payload(
     }
 
 
-async def record_event(services: Services, event: NewEvent) -> StoredEvent:
-    stored = await services.storage.add_event(event)
+async def record_event(services: Services, event: NewEvent) -> StoredEvent | SpooledEvent:
+    """Store the event; while the database is down (or events wait in the spool, whose order
+    must be kept) append it to the durable spool instead. Either way it is never lost."""
+    stored: StoredEvent | SpooledEvent
+    if services.replayer.pending == 0:
+        try:
+            stored = await services.guard.call(DATABASE, lambda: services.storage.add_event(event))
+        except DependencyDown:
+            services.metrics.degraded.labels(DATABASE).inc()
+            stored = await _spool(services, event)
+    else:
+        stored = await _spool(services, event)
     services.metrics.events.labels(
-        event.event_type, "duplicate" if stored.duplicate else "stored"
+        event.event_type,
+        "duplicate" if stored.duplicate else "spooled" if is_spooled(stored) else "stored",
     ).inc()
     if not stored.duplicate:
         # The history version in every cache key already changed; dropping the entries
         # frees their memory now instead of at expiry.
-        try:
-            await services.cache.delete_user(event.user_id)
-        except Exception:
-            log.warning("could not drop cached recommendations", exc_info=True)
+        await services.cache.delete_user(event.user_id)
     return stored
 
 
-def event_body(stored: StoredEvent) -> dict[str, Any]:
-    return {
-        "id": stored.id,
-        "user_id": stored.user_id,
-        "item_id": stored.item_id,
-        "event_type": stored.event_type,
-        "timestamp": stored.occurred_at.isoformat(),
-        "received_at": stored.received_at.isoformat(),
-        "idempotency_key": stored.idempotency_key,
-        "duplicate": stored.duplicate,
-        "history_version": stored.history_version,
+async def _spool(services: Services, event: NewEvent) -> SpooledEvent:
+    spooled = await services.spool.append(event)
+    if not spooled.duplicate:
+        services.replayer.pending += 1
+        window = services.models.current.predictor.max_len * HISTORY_WINDOW_FACTOR
+        services.histories.add_event(event, window)  # the next answer sees it at once
+    return spooled
+
+
+def is_spooled(event: StoredEvent | SpooledEvent) -> bool:
+    return isinstance(event, SpooledEvent)
+
+
+def event_body(event: StoredEvent | SpooledEvent) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "user_id": event.user_id,
+        "item_id": event.item_id,
+        "event_type": event.event_type,
+        "timestamp": event.occurred_at.isoformat(),
+        "idempotency_key": event.idempotency_key,
+        "duplicate": event.duplicate,
+    }
+    if isinstance(event, SpooledEvent):  # accepted durably; the database gets it on replay
+        return body | {
+            "id": None,
+            "received_at": event.spooled_at.isoformat(),
+            "history_version": None,
+            "spooled": True,
+        }
+    return body | {
+        "id": event.id,
+        "received_at": event.received_at.isoformat(),
+        "history_version": event.history_version,
+        "spooled": False,
     }

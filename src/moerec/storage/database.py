@@ -184,6 +184,10 @@ def _check_text(value: object, name: str, max_length: int) -> None:
         raise InvalidRecordError(
             f"{name} is {len(value)} characters long; at most {max_length} are allowed"
         )
+    # PostgreSQL refuses NUL in text and SQLite cannot encode a lone surrogate: refuse both
+    # here, the same way on every backend.
+    if "\x00" in value or any("\ud800" <= ch <= "\udfff" for ch in value):
+        raise InvalidRecordError(f"{name} holds a NUL or an unpaired surrogate character")
 
 
 def _aware_utc(value: object, name: str) -> datetime:

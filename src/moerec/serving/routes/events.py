@@ -25,6 +25,7 @@ router = APIRouter(tags=["events"])
     status_code=201,
     responses={
         200: {"model": EventOut, "description": "Already stored (same key)."},
+        202: {"model": EventOut, "description": "Spooled durably; the database is down."},
         **errors(401, 403, 409, 422, 429),
     },
     summary="Record a user's interaction with an item",
@@ -69,4 +70,5 @@ async def post_event(
             f"idempotency key {key!r} was already used for a different event; "
             "use a new key for a new event",
         ) from None
-    return json(service.event_body(stored), status_code=200 if stored.duplicate else 201)
+    status = 200 if stored.duplicate else 202 if service.is_spooled(stored) else 201
+    return json(service.event_body(stored), status_code=status)

@@ -23,10 +23,16 @@ async def healthz() -> Response:
 @router.get(
     "/readyz",
     response_model=ReadyResponse,
-    responses={503: {"model": ReadyResponse, "description": "Not ready; checks say why."}},
-    summary="Model loaded, database and cache reachable",
+    responses={503: {"model": ReadyResponse, "description": "No model loaded yet."}},
+    summary="Model loaded; database and cache reachable (else degraded); breaker states",
 )
 async def readyz(services: ServicesDep) -> Response:
+    """200 "ready", 200 "degraded" or 503 "not_ready".
+
+    A database or Redis outage leaves the service answering (stale histories, spooled events,
+    uncached answers), so it reports "degraded" but stays in the load balancer: failing every
+    replica's readiness at once would turn a degraded service into an outage.
+    """
     checks = {"model": "ok" if services.models.loaded else "not loaded"}
     for name, ping in (("database", services.storage.ping), ("cache", services.cache.ping)):
         try:
@@ -34,10 +40,21 @@ async def readyz(services: ServicesDep) -> Response:
             checks[name] = "ok"
         except Exception as exc:
             checks[name] = f"unreachable: {type(exc).__name__}"
-    ready = all(v == "ok" for v in checks.values())
+    if checks["model"] != "ok":
+        status, code = "not_ready", 503
+    elif all(v == "ok" for v in checks.values()):
+        status, code = "ready", 200
+    else:
+        status, code = "degraded", 200
+    breakers = {name: state.label for name, state in services.guard.breakers.states().items()}
     return json(
-        {"status": "ready" if ready else "not_ready", "checks": checks},
-        status_code=200 if ready else 503,
+        {
+            "status": status,
+            "checks": checks,
+            "breakers": breakers,
+            "spooled_events": services.replayer.pending,
+        },
+        status_code=code,
     )
 
 
