@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # Pinned, tested versions. Regenerate with `make constraints`.
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: demo serve test lint bench-tiny bench-quality bench-speed constraints clean
+.PHONY: demo serve test lint audit bench-tiny bench-quality bench-speed constraints clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,7 @@ lint: $(VENV)/.installed-dev
 bench-tiny: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/quality.py --tiny --output-dir $(VENV)/bench-tiny
 	$(BIN)/python benchmarks/speed.py --tiny --output $(VENV)/bench-tiny/speed.json
+	$(BIN)/python benchmarks/serving.py --tiny --output $(VENV)/bench-tiny/serving.json
 
 # The full benchmarks (long: run on demand, with nothing else running).
 # DATA_ROOT is the folder holding amazon-beauty/, ml-100k/, ...
@@ -56,6 +57,17 @@ bench-quality: $(VENV)/.installed-dev
 
 bench-speed: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/speed.py --data $(DATA_ROOT)/amazon-beauty/Beauty.txt
+
+# HTTP load test of `moerec serve` with wrk (apt-get install wrk); rewrites its docs section.
+bench-serving: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/serving.py --data $(DATA_ROOT)/amazon-beauty/Beauty.txt \
+		--config configs/quality-beauty.yaml --docs docs/benchmarks.md
+
+# Known vulnerabilities in the pinned dependencies. pip-audit asks PyPI's JSON API (or OSV):
+# run it where that is reachable; a registry mirror alone cannot answer it.
+audit: $(VENV)/.installed-dev
+	$(BIN)/python -m pip install --quiet pip-audit
+	$(BIN)/pip-audit --strict -r $(CONSTRAINTS)
 
 constraints: $(VENV)/.installed-dev
 	{ head -2 $(CONSTRAINTS); $(BIN)/python -m pip freeze --exclude-editable | grep -v "^moerec" | sed "s/+cpu$$//"; } > $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)

@@ -216,7 +216,7 @@ def load_config(
 
 # --------------------------------------------------------------------------- service settings
 
-DEVELOPMENT_SECRET = "moerec-development-secret-do-not-use-in-production"
+DEVELOPMENT_SECRET = "moerec-development-secret-do-not-use-in-production"  # noqa: S105 - public placeholder, refused in production
 JwtAlgorithm = Literal["HS256", "RS256", "ES256"]
 
 

@@ -54,7 +54,7 @@ def reexec_with_jemalloc() -> None:
     if env is None:
         return
     try:
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)  # noqa: S606
     except OSError:
         return  # keep running on the system allocator
 

@@ -53,7 +53,12 @@ class LiveService:
 
 def start_server(settings: ServiceSettings) -> uvicorn.Server:
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=0, log_config=None, access_log=False
+        create_app(settings),
+        host="127.0.0.1",
+        port=0,
+        log_config=None,
+        access_log=False,
+        server_header=False,  # as `moerec serve` runs it
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True, name="moerec-test-server")

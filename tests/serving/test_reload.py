@@ -103,3 +103,12 @@ def test_cache_flush_is_admin_only_and_empties_the_cache(reloadable, tiny_datase
         assert flushed.status_code == 200
         assert flushed.json()["deleted"] >= 1
         assert http.get(f"/v1/users/{user}/recommendations").json()["cached"] is False
+
+
+def test_reload_refuses_paths_outside_the_model_registry(reloadable, tmp_path):
+    with reloadable.client("ops", "admin") as admin:
+        r = admin.post("/v1/admin/model/reload", json={"path": str(tmp_path)})
+        etc = admin.post("/v1/admin/model/reload", json={"path": "/etc"})
+    assert r.status_code == 422
+    assert r.json()["error"]["code"] == "model_path_outside_registry"
+    assert etc.status_code == 422

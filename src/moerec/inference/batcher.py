@@ -109,7 +109,8 @@ class MicroBatcher:
         return await future
 
     async def _run(self) -> None:
-        assert self._queue is not None
+        if self._queue is None:
+            raise BatcherClosedError("the micro-batcher's worker ran before start()")
         while True:
             batch = [await self._queue.get()]
             deadline = batch[0].enqueued + self.max_wait

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -71,6 +72,21 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     for router in (recommendations, scores, events, items, users, admin, health):
         app.include_router(router.router)
     _install_error_handlers(app)
+    if settings.cors_origins:  # closed by default: browsers may call only the listed origins
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=[
+                "X-Request-ID",
+                "Retry-After",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+            ],
+            max_age=600,
+        )
     app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=MAX_BODY_BYTES)
     return app
 

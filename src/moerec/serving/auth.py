@@ -234,7 +234,8 @@ def load_public_key(settings: ServiceSettings) -> _PublicKey:
             )
             raise ConfigError(f"{where} is not a PEM public key: {hint}") from None
     _check_key_type(key, settings.jwt_algorithm, where)
-    assert isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise ConfigError(f"{where} is not an RSA or EC public key")
     return key
 
 
@@ -262,7 +263,8 @@ def _load_private_key(settings: ServiceSettings, private_key_pem: bytes | None) 
             f"{where} is not a PEM private key (expected '-----BEGIN PRIVATE KEY-----')"
         ) from None
     _check_key_type(key, settings.jwt_algorithm, where)
-    assert isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{where} is not an RSA or EC private key")
     return key
 
 

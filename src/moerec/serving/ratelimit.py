@@ -148,7 +148,8 @@ def _decide(limits: Sequence[Limit], cost: int, levels: Sequence[float], allowed
         rank = (retry, -remaining, reset)
         if best is None or rank > best:
             best, chosen = rank, limit
-    assert best is not None
+    if best is None:
+        raise ValueError("a rate-limit decision needs at least one bucket")
     retry, negative_remaining, reset = best
     return Decision(
         allowed=allowed,

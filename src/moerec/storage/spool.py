@@ -445,8 +445,10 @@ class EventSpool:
                     (event.idempotency_key, _encode(event), stamp),
                 )
                 if cursor.rowcount == 1:
-                    assert cursor.lastrowid is not None
-                    results.append(_spooled(cursor.lastrowid, event, spooled_at, False))
+                    seq = cursor.lastrowid
+                    if seq is None:
+                        raise StorageError("the spool did not report the new row's position")
+                    results.append(_spooled(seq, event, spooled_at, False))
                     continue
                 seq, payload, first_stamp = conn.execute(
                     "SELECT seq, payload, spooled_at FROM spool WHERE idempotency_key = ?",

@@ -37,6 +37,13 @@ async def reload_model(
 ) -> Response:
     before = services.models.current.version
     target = Path(body.path) if body and body.path else None
+    if target is not None and not _inside(target, _registry_root(services.settings.model_path)):
+        _audit(services, request, principal, "model.reload", "forbidden", str(target), "")
+        raise ApiError(
+            422,
+            "model_path_outside_registry",
+            f"only artefacts under {_registry_root(services.settings.model_path)} can be loaded",
+        )
     try:
         loaded = await services.models.load(target)
     except MoerecError as exc:
@@ -60,6 +67,16 @@ async def flush_cache(request: Request, services: ServicesDep, principal: Admin)
     deleted = await services.cache.flush()
     _audit(services, request, principal, "cache.flush", "ok", None, f"{deleted} entries")
     return json({"deleted": deleted})
+
+
+def _registry_root(model_path: Path) -> Path:
+    """The folder holding the served model's folder: its sibling models may be loaded too."""
+    model_dir = model_path.parent if (model_path / "manifest.json").is_file() else model_path
+    return model_dir.resolve().parent
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root)
 
 
 def _audit(
