@@ -87,3 +87,17 @@ def test_invalid_settings_are_refused(predictor):
         MicroBatcher(predictor, max_batch_size=0)
     with pytest.raises(ValueError, match="max_wait_ms"):
         MicroBatcher(predictor, max_wait_ms=-1)
+
+
+def test_requests_that_queued_during_a_forward_pass_share_the_next_one(predictor, tiny_dataset):
+    # All 20 are queued before the worker first runs: with no waiting allowed, each batch must
+    # still take every request already queued (up to the maximum), not one at a time.
+    reports: list[BatchReport] = []
+
+    async def run():
+        async with MicroBatcher(predictor, max_batch_size=4, max_wait_ms=0,
+                                on_batch=reports.append) as batcher:  # fmt: skip
+            await asyncio.gather(*(batcher.recommend(h) for h in histories(tiny_dataset, 20)))
+
+    asyncio.run(run())
+    assert [r.size for r in reports] == [4] * 5

@@ -113,6 +113,10 @@ class MicroBatcher:
             raise BatcherClosedError("the micro-batcher's worker ran before start()")
         while True:
             batch = [await self._queue.get()]
+            # Requests that queued up during the previous forward pass go together at once,
+            # however long they have waited; only then wait (briefly) for companions.
+            while len(batch) < self.max_batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
             deadline = batch[0].enqueued + self.max_wait
             while len(batch) < self.max_batch_size:
                 remaining = deadline - time.perf_counter()
