@@ -34,6 +34,7 @@ from moerec.serving.resilience import (
     CACHE,
     DATABASE,
     MODEL,
+    DependencyDown,
     FailoverRateLimiter,
     Guard,
     GuardedCache,
@@ -221,6 +222,22 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, exc: ApiError) -> Response:
         response = json({"error": {"code": exc.code, "message": exc.message}}, exc.status)
         response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(DependencyDown)
+    async def dependency_down(request: Request, exc: DependencyDown) -> Response:
+        """Only what cannot degrade gets here (catalogue and history reads, cache flush)."""
+        log.warning("dependency unavailable", extra={"path": request.url.path, "error": str(exc)})
+        response = json(
+            {
+                "error": {
+                    "code": f"{exc.dependency}_unavailable",
+                    "message": f"the {exc.dependency} is unavailable; retry shortly",
+                }
+            },
+            503,
+        )
+        response.headers["Retry-After"] = "1"
         return response
 
     @app.exception_handler(RequestValidationError)

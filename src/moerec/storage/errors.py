@@ -71,8 +71,21 @@ def translated(what: str) -> Iterator[None]:
         raise
     except _UNAVAILABLE as exc:
         raise StorageUnavailableError(f"{what}: database unavailable ({_first_line(exc)})") from exc
+    except DBAPIError as exc:
+        if _server_unavailable(exc):
+            raise StorageUnavailableError(
+                f"{what}: database unavailable ({_first_line(exc)})"
+            ) from exc
+        raise StorageError(f"{what}: {_first_line(exc)}") from exc
     except (SQLAlchemyError, AlembicCommandError) as exc:
         raise StorageError(f"{what}: {_first_line(exc)}") from exc
+
+
+def _server_unavailable(exc: DBAPIError) -> bool:
+    """SQLSTATE class 08 (connection exception) or 57P01-57P05 (shutting down, starting up,
+    crash recovery): the server is there but cannot serve now, so retrying later works."""
+    state = str(getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", "") or "")
+    return state.startswith("08") or state in {"57P01", "57P02", "57P03", "57P04", "57P05"}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -24,7 +24,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         413: "Request body too large.",
         422: "Invalid input; the message says which field and why.",
         429: "Rate limit exceeded; see Retry-After.",
-        503: "A dependency (database, cache, model) is unavailable.",
+        503: "A dependency (database, cache, model) is unavailable; see Retry-After.",
     }
     return {c: {"model": ErrorBody, "description": meaning[c]} for c in codes}
 

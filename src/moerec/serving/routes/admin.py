@@ -60,7 +60,7 @@ async def reload_model(
 @router.post(
     "/cache/flush",
     response_model=FlushResponse,
-    responses=errors(401, 403, 429),
+    responses=errors(401, 403, 429, 503),
     summary="Drop every cached recommendation",
 )
 async def flush_cache(request: Request, services: ServicesDep, principal: Admin) -> Response:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from moerec.serving.auth import RECOMMEND, Principal
 from moerec.serving.deps import ServicesDep, requires
 from moerec.serving.errors import ApiError
+from moerec.serving.resilience import DATABASE
 from moerec.serving.routes._responses import errors, json
 from moerec.serving.schemas import ID_PATTERN, ItemOut, ItemSearchResponse
 
@@ -19,7 +20,7 @@ Reader = Annotated[Principal, Depends(requires(RECOMMEND))]
 @router.get(
     "/v1/items",
     response_model=ItemSearchResponse,
-    responses=errors(401, 403, 422, 429),
+    responses=errors(401, 403, 422, 429, 503),
     summary="Search the catalogue by title or id",
 )
 async def search_items(
@@ -28,7 +29,7 @@ async def search_items(
     q: Annotated[str, Query(min_length=1, max_length=200, description="Substring to find.")],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Response:
-    found = await services.storage.search_items(q, limit)
+    found = await services.guard.call(DATABASE, lambda: services.storage.search_items(q, limit))
     vocab = services.models.current.predictor.vocab
     return json(
         {
@@ -47,13 +48,13 @@ async def search_items(
 @router.get(
     "/v1/items/{item_id}",
     response_model=ItemOut,
-    responses=errors(401, 403, 404, 422, 429),
+    responses=errors(401, 403, 404, 422, 429, 503),
     summary="One catalogue item",
 )
 async def get_item(
     services: ServicesDep, _: Reader, item_id: Annotated[str, Path(pattern=ID_PATTERN)]
 ) -> Response:
-    item = await services.storage.get_item(item_id)
+    item = await services.guard.call(DATABASE, lambda: services.storage.get_item(item_id))
     known = services.models.current.predictor.vocab.item_index(item_id) is not None
     if item is None and not known:
         raise ApiError(404, "item_not_found", f"no item {item_id!r} in the catalogue")
