@@ -274,7 +274,12 @@ class ServiceSettings(BaseSettings):
     max_candidates: int = Field(1000, ge=1, description="Longest candidate list accepted.")
 
     batch_max_size: int = Field(32, ge=1, description="Most requests in one forward pass.")
-    batch_max_wait_ms: float = Field(2.0, ge=0, description="Longest wait for batch companions.")
+    batch_max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="Longest wait for batch companions (0: requests that queue during a "
+        "forward pass form the next batch; a wait only adds latency to lone requests).",
+    )
     torch_threads: int = Field(1, ge=1, description="torch threads for the forward pass.")
 
     log_level: str = Field("info", description="debug, info, warning or error.")

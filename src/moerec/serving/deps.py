@@ -14,7 +14,9 @@ from moerec.serving.ratelimit import rate_limited, request_limits
 from moerec.serving.service import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread hop
+    # on every request for a dictionary lookup.
     services: Services = request.app.state.services
     return services
 
