@@ -281,6 +281,11 @@ class ServiceSettings(BaseSettings):
         "forward pass form the next batch; a wait only adds latency to lone requests).",
     )
     torch_threads: int = Field(1, ge=1, description="torch threads for the forward pass.")
+    model_process: bool = Field(
+        True,
+        description="Run forward passes in a child process, so they do not hold the GIL the "
+        "request handling needs (false: in a thread of the serving process).",
+    )
 
     log_level: str = Field("info", description="debug, info, warning or error.")
     cors_origins: list[str] = Field(

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from moerec import MoerecError
-from moerec.inference import BatcherClosedError, BatchReport, MicroBatcher
+from moerec.inference import BatcherClosedError, BatchReport, MicroBatcher, Query
 from tests.helpers import assert_same_recommendation
 
 
@@ -101,3 +101,34 @@ def test_requests_that_queued_during_a_forward_pass_share_the_next_one(predictor
 
     asyncio.run(run())
     assert [r.size for r in reports] == [4] * 5
+
+
+def test_a_model_in_a_child_process_answers_like_the_one_in_process(predictor, tiny_dataset):
+    from moerec.inference import PredictorProcess, PredictorProcessError
+
+    users = histories(tiny_dataset, 12)
+    child = PredictorProcess(predictor.artefact.path)
+    child.start()
+    try:
+
+        async def run():
+            async with MicroBatcher(predictor, runner=child.run) as batcher:
+                return await asyncio.gather(*(batcher.recommend(h, k=5) for h in users))
+
+        for history, result in zip(users, asyncio.run(run()), strict=True):
+            assert_same_recommendation(result, predictor.recommend([history], k=5)[0])
+        with pytest.raises(PredictorProcessError, match="model failed"):
+            child.run([Query(np.asarray([10**9]), k=1)])  # an id outside the catalogue
+        assert child.alive  # one bad batch does not kill the process
+    finally:
+        child.close()
+    assert not child.alive
+    with pytest.raises(PredictorProcessError, match="not running"):
+        child.run([Query(users[0], k=1)])
+
+
+def test_a_child_process_that_cannot_load_the_model_says_why(tmp_path):
+    from moerec.inference import PredictorProcess, PredictorProcessError
+
+    with pytest.raises(PredictorProcessError, match="could not load"):
+        PredictorProcess(tmp_path).start()

@@ -14,9 +14,11 @@ from tests.serving.conftest import BACKENDS, live_service
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def reloadable(request, tmp_path_factory, trained, tiny_dataset):
+    # unthrottled: the load during the reload must measure failures, not rate limits
     yield from live_service(
-        request.param, tmp_path_factory.mktemp("reload"), request, trained, tiny_dataset
-    )
+        request.param, tmp_path_factory.mktemp("reload"), request, trained, tiny_dataset,
+        rate_limit_user_per_second=1e6, rate_limit_user_burst=10**6,
+    )  # fmt: skip
 
 
 def test_admin_sees_the_served_model(reloadable):
@@ -112,3 +114,22 @@ def test_reload_refuses_paths_outside_the_model_registry(reloadable, tmp_path):
     assert r.status_code == 422
     assert r.json()["error"]["code"] == "model_path_outside_registry"
     assert etc.status_code == 422
+
+
+def test_a_dead_model_process_means_fallback_answers_until_a_reload(reloadable, tiny_dataset):
+    user = str(tiny_dataset.vocab.user_ids[2])
+    model = reloadable.services.models.current
+    assert model.process is not None
+    model.process._process.kill()  # a real crash of the model's process
+    model.process._process.join(timeout=10)
+    with reloadable.client(user) as http:
+        r = http.post("/v1/recommendations", json={"user_id": user, "k": 5, "exclude": ["1"]})
+        assert r.status_code == 200
+        assert r.json()["fallback"] is True
+        with reloadable.client("ops", "admin") as admin:
+            assert (
+                admin.post("/v1/admin/model/reload", json={"path": str(model.path)}).status_code
+                == 200
+            )
+        r = http.post("/v1/recommendations", json={"user_id": user, "k": 5, "exclude": ["1"]})
+    assert r.json()["fallback"] is False

@@ -2,6 +2,7 @@
 
 from moerec.inference.batcher import BatcherClosedError, BatchReport, MicroBatcher
 from moerec.inference.predictor import ExpertUse, Predictor, Query, Recommendation
+from moerec.inference.process import PredictorProcess, PredictorProcessError
 
 __all__ = [
     "BatchReport",
@@ -9,6 +10,8 @@ __all__ = [
     "ExpertUse",
     "MicroBatcher",
     "Predictor",
+    "PredictorProcess",
+    "PredictorProcessError",
     "Query",
     "Recommendation",
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -52,6 +52,7 @@ class MicroBatcher:
         max_batch_size: int = 32,
         max_wait_ms: float = 2.0,
         on_batch: Callable[[BatchReport], None] | None = None,
+        runner: Callable[[Sequence[Query]], list[Recommendation]] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -61,6 +62,8 @@ class MicroBatcher:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.on_batch = on_batch
+        # What answers a batch: the predictor in this process, or one in a child process.
+        self.runner = runner or predictor.run
         self._queue: asyncio.Queue[_Request] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -138,7 +141,7 @@ class MicroBatcher:
         if live:
             try:
                 results = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self.predictor.run, [r.query for r in live]
+                    self._executor, self.runner, [r.query for r in live]
                 )
             except Exception as exc:  # the callers see the model's error, the loop goes on
                 for request in live:

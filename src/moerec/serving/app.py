@@ -180,6 +180,8 @@ async def _start_services(
         settings.batch_max_wait_ms,
         on_batch=metrics.observe_batch,
         on_load=on_load,
+        model_process=settings.model_process,
+        torch_threads=settings.torch_threads,
     )
     await models.load()
     stack.push_async_callback(models.close)

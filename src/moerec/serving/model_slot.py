@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from moerec.inference import BatchReport, MicroBatcher, Predictor, Query
+from moerec.inference import BatchReport, MicroBatcher, Predictor, PredictorProcess, Query
 from moerec.registry import resolve_artefact
 
 log = logging.getLogger("moerec.serving")
@@ -27,10 +27,16 @@ log = logging.getLogger("moerec.serving")
 
 @dataclass
 class LoadedModel:
-    predictor: Predictor
+    predictor: Predictor  # vocabulary and metadata; answers batches itself without a process
     batcher: MicroBatcher
     path: Path
+    process: PredictorProcess | None = None
     loaded_at: float = field(default_factory=time.time)
+
+    async def close(self) -> None:
+        await self.batcher.stop()  # finishes what it already accepted
+        if self.process is not None:
+            await asyncio.to_thread(self.process.close)
 
     @property
     def version(self) -> str:
@@ -72,8 +78,12 @@ class ModelSlot:
         batch_max_wait_ms: float,
         on_batch: Callable[[BatchReport], None] | None = None,
         on_load: Callable[[LoadedModel], None] | None = None,
+        model_process: bool = False,
+        torch_threads: int = 1,
     ) -> None:
         self.source = source
+        self.model_process = model_process
+        self.torch_threads = torch_threads
         self.batch_max_size = batch_max_size
         self.batch_max_wait_ms = batch_max_wait_ms
         self.on_batch = on_batch
@@ -99,22 +109,30 @@ class ModelSlot:
         async with self._lock:  # one reload at a time
             target = resolve_artefact(path or self.source)
             predictor = await asyncio.to_thread(_load_and_warm, target)
+            process = None
+            if self.model_process:
+                process = PredictorProcess(target, self.torch_threads)
+                await asyncio.to_thread(process.start)
             batcher = MicroBatcher(
-                predictor, self.batch_max_size, self.batch_max_wait_ms, on_batch=self.on_batch
+                predictor,
+                self.batch_max_size,
+                self.batch_max_wait_ms,
+                on_batch=self.on_batch,
+                runner=process.run if process is not None else None,
             )
             await batcher.start()
-            new = LoadedModel(predictor, batcher, target)
+            new = LoadedModel(predictor, batcher, target, process)
             old, self._current = self._current, new
             if self.on_load is not None:
                 self.on_load(new)
             log.info("model loaded", extra={"model_version": new.version, "path": str(target)})
         if old is not None:
-            await old.batcher.stop()  # finishes what it already accepted
+            await old.close()
         return new
 
     async def close(self) -> None:
         if self._current is not None:
-            await self._current.batcher.stop()
+            await self._current.close()
             self._current = None
 
 
