@@ -49,6 +49,7 @@ bench-tiny: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/quality.py --tiny --output-dir $(VENV)/bench-tiny
 	$(BIN)/python benchmarks/speed.py --tiny --output $(VENV)/bench-tiny/speed.json
 	$(BIN)/python benchmarks/serving.py --tiny --output $(VENV)/bench-tiny/serving.json
+	$(BIN)/python benchmarks/soak.py --tiny --output $(VENV)/bench-tiny/soak.json
 
 # The full benchmarks (long: run on demand, with nothing else running).
 # DATA_ROOT is the folder holding amazon-beauty/, ml-100k/, ...
@@ -61,6 +62,13 @@ bench-speed: $(VENV)/.installed-dev
 # HTTP load test of `moerec serve` with wrk (apt-get install wrk); rewrites its docs section.
 bench-serving: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/serving.py --data $(DATA_ROOT)/amazon-beauty/Beauty.txt \
+		--config configs/quality-beauty.yaml --docs docs/benchmarks.md
+
+# 10 minutes of mixed traffic against `moerec serve`: error rate, p99, memory growth of the
+# service (target < 5% after warm-up); rewrites its docs section. Waits for a quiet machine.
+.PHONY: bench-soak
+bench-soak: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/soak.py --data $(DATA_ROOT)/amazon-beauty/Beauty.txt \
 		--config configs/quality-beauty.yaml --docs docs/benchmarks.md
 
 # Known vulnerabilities in the pinned dependencies. pip-audit asks PyPI's JSON API (or OSV):
