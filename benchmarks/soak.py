@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render_only:
         report = json.loads(args.output.read_text(encoding="utf-8"))
+        if args.note:
+            report["notes"] = args.note
+            args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         write_docs(args.docs, report)
         print(f"wrote {args.docs}", file=sys.stderr)
         return 0
@@ -163,6 +166,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--docs", type=Path, help="Markdown file whose soak section to rewrite.")
     p.add_argument("--render-only", action="store_true", help="Only rewrite --docs from --output.")
     p.add_argument("--tiny", action="store_true", help="Synthetic data, a 20 s run: a smoke run.")
+    p.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="A finding to print under the figures in --docs (repeatable; kept in the JSON; "
+        "with --render-only it replaces the JSON's notes).",
+    )
     p.add_argument("--seed", type=int, default=0, help="Users, items and the request mix.")
     p.add_argument(
         "--max-load",
@@ -249,6 +259,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             },
             "events_stored_exactly_once": events["exactly_once"],
             "events": events,
+            "notes": args.note,
             "model": {
                 "items": model_config.num_items,
                 "layers": model_config.num_layers,
@@ -432,6 +443,7 @@ class Traffic:
     acknowledged: dict[str, int] = field(default_factory=dict)  # key -> 201/202
     unsure: set[str] = field(default_factory=set)  # keys whose answer never came
     flags: Counter[str] = field(default_factory=Counter)
+    response_bytes: Counter[str] = field(default_factory=Counter)
     samples: list[dict[str, Any]] = field(default_factory=list)
     skipped_slots: int = 0
     max_lag: float = 0.0
@@ -507,6 +519,7 @@ class Traffic:
         self.sent.append(sent - began)
         self.latency.append(elapsed)
         self.status.append(status)
+        self.response_bytes[kind] += len(content) if status else 0
         if 400 <= status < 500 and len(self.client_error_samples) < 10:
             self.client_error_samples.append(
                 {"kind": kind, "path": path, "status": status, "body": content[:300].decode()}
@@ -790,6 +803,9 @@ def analyse(args: argparse.Namespace, traffic: Traffic, outcome: dict[str, Any])
             "share": round(float(mask.sum()) / max(total, 1), 4),
             **_percentiles(latency[mask & answered]),
             "status_counts": _status_counts(status[mask]),
+            "mean_response_bytes": round(
+                traffic.response_bytes[kind] / max(int((mask & answered).sum()), 1)
+            ),
         }
 
     window = 30.0 if duration >= 300 else max(1.0, round(duration / 10))
@@ -1186,6 +1202,11 @@ def render_section(report: dict[str, Any]) -> str:
             or "no warnings or errors"
         )
         + ".",
+    ]
+    notes = report.get("notes") or []
+    if notes:
+        lines += ["", "Findings (`--note`):", "", *(f"- {note}" for note in notes)]
+    lines += [
         "",
         "The RSS series (every 5 s) and the per-window latencies are in "
         "`benchmarks/results/soak.json`; the run also draws them to "
