@@ -60,6 +60,7 @@ bench-speed: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/speed.py --data $(DATA_ROOT)/amazon-beauty/Beauty.txt
 
 # HTTP load test of `moerec serve` with wrk (apt-get install wrk); rewrites its docs section.
+.PHONY: bench-serving
 bench-serving: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/serving.py --data $(DATA_ROOT)/amazon-beauty/Beauty.txt \
 		--config configs/quality-beauty.yaml --docs docs/benchmarks.md

@@ -123,6 +123,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-max-size", type=int, help="MOEREC_BATCH_MAX_SIZE for both sides.")
     p.add_argument("--batch-max-wait-ms", type=float, help="MOEREC_BATCH_MAX_WAIT_MS, same.")
     p.add_argument("--torch-threads", type=int, help="MOEREC_TORCH_THREADS, same.")
+    p.add_argument(
+        "--model-process",
+        choices=("default", "true", "false"),
+        default="default",
+        help="MOEREC_MODEL_PROCESS for the server: forward passes in a child process.",
+    )
     p.add_argument("--server-log-level", default="info", help="moerec serve --log-level.")
     p.add_argument("--redis-url", help="Serve with a Redis cache (default: in-process cache).")
     p.add_argument("--output", type=Path, help=f"JSON results (default {DEFAULT_OUTPUT}).")
@@ -195,11 +201,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         import_seconds = _import_data(dataset, database_url)
 
         _log(f"in-process ceiling at {args.concurrency_list} clients")
-        ceiling_code = source_digest()
+        ceiling_code = source_files()
         ceiling_raw = _run_ceiling_worker(args, model_path, histories, settings, tmp)
 
         server = Server(moerec_command, model_path, database_url, settings, args, tmp)
-        server_code = source_digest()  # what the server imports (it loads everything at start)
+        server_code = source_files()  # what the server imports (it loads everything at start)
         with server:
             _log(f"server pid {server.pid} on port {server.port}")
             tokens = _tokens(settings)
@@ -240,9 +246,14 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "machine": _machine(wrk),
         "load_average": {"before": list(load_before), "after": list(load_after)},
         "code": {
-            "server_source_sha256": server_code,
-            "ceiling_source_sha256": ceiling_code,
+            "server_source_sha256": source_digest(server_code),
+            "ceiling_source_sha256": source_digest(ceiling_code),
             "same_code": server_code == ceiling_code,
+            "changed_files": sorted(
+                name
+                for name in set(server_code) | set(ceiling_code)
+                if server_code.get(name) != ceiling_code.get(name)
+            ),
         },
         "data": {
             "source": Path(dataset.source).name,
@@ -279,6 +290,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             "batch_max_size": settings.batch_max_size,
             "batch_max_wait_ms": settings.batch_max_wait_ms,
             "torch_threads": settings.torch_threads,
+            "model_process": bool(getattr(settings, "model_process", False)),
             "log_level": args.server_log_level,
             "allocator": allocator,
             "rate_limits": "raised out of the way (1e9 per second)",
@@ -322,24 +334,36 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         },
         "server_peak_rss_mb": memory["peak_rss_mb"],
         "server_rss_mb_at_end": memory["rss_mb"],
+        "model_process_peak_rss_mb": memory["children_peak_rss_mb"],
     }
 
 
-def source_digest() -> str:
-    """A digest of the moerec package's Python files: which code the figures belong to."""
+def source_files() -> dict[str, str]:
+    """The moerec package's Python files and their digests: which code the figures belong to."""
     import hashlib
 
     import moerec
 
     root = Path(moerec.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*.py"))
+    }
+
+
+def source_digest(files: dict[str, str]) -> str:
+    """One digest for all of ``files`` (from :func:`source_files`)."""
+    import hashlib
+
+    text = "".join(f"{name}\0{digest}\n" for name, digest in sorted(files.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_STARTED = time.monotonic()
 
 
 def _log(message: str) -> None:
-    print(f"[serving] {message}", file=sys.stderr, flush=True)
+    print(f"[serving {time.monotonic() - _STARTED:5.0f}s] {message}", file=sys.stderr, flush=True)
 
 
 def _moerec_command() -> list[str]:
@@ -358,6 +382,7 @@ def _service_settings(args: argparse.Namespace) -> Any:
         batch_max_wait_ms=args.batch_max_wait_ms,
         torch_threads=args.torch_threads,
         redis_url=args.redis_url,
+        model_process=None if args.model_process == "default" else args.model_process == "true",
     )
 
 
@@ -367,7 +392,13 @@ def _prepare_data(args: argparse.Namespace) -> tuple[Any, Any]:
     from moerec.data.synthetic import generate_interactions
 
     if args.tiny:
-        overrides = {"model.max_len": 20, "train.batch_size": 128, "train.epochs": 1}
+        # One torch thread: two OpenMP threads crawl when another process holds a core.
+        overrides = {
+            "model.max_len": 20,
+            "train.batch_size": 128,
+            "train.epochs": 1,
+            "train.num_threads": 1,
+        }
         config = load_config(args.config, overrides)
         interactions = generate_interactions(num_users=1000, num_items=200, mean_length=15, seed=3)
         return dataset_from_interactions(interactions, config.data), config
@@ -565,20 +596,31 @@ class Server:
                 count += 1
         return count
 
-    def cpu_seconds(self) -> tuple[float, float]:
-        """CPU seconds (user + system) of the whole process and of its main thread (the event
-        loop); the rest is the inference thread, database threads and torch."""
-        return _proc_cpu(f"/proc/{self.pid}/stat"), _proc_cpu(
-            f"/proc/{self.pid}/task/{self.pid}/stat"
+    def cpu_seconds(self) -> tuple[float, float, float]:
+        """CPU seconds (user + system) of the server process, of its main thread (the event
+        loop), and of its child processes (the model process, when the service runs one)."""
+        children = 0.0
+        for pid in _descendants(self.pid):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                children += _proc_cpu(f"/proc/{pid}/stat")
+        return (
+            _proc_cpu(f"/proc/{self.pid}/stat"),
+            _proc_cpu(f"/proc/{self.pid}/task/{self.pid}/stat"),
+            children,
         )
 
     def memory_mb(self) -> dict[str, float]:
-        fields: dict[str, float] = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text(encoding="utf-8").splitlines():
-            name, _, value = line.partition(":")
-            if name in ("VmHWM", "VmRSS"):
-                fields[name] = int(value.split()[0]) / 1024  # kB → MB
-        return {"peak_rss_mb": round(fields["VmHWM"], 1), "rss_mb": round(fields["VmRSS"], 1)}
+        """Peak and current RSS of the server process, and the children's peaks summed."""
+        own = _proc_memory_mb(self.pid)
+        children = 0.0
+        for pid in _descendants(self.pid):
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                children += _proc_memory_mb(pid)["VmHWM"]
+        return {
+            "peak_rss_mb": round(own["VmHWM"], 1),
+            "rss_mb": round(own["VmRSS"], 1),
+            "children_peak_rss_mb": round(children, 1),
+        }
 
     def allocator(self) -> str:
         maps = Path(f"/proc/{self.pid}/maps").read_text(encoding="utf-8", errors="replace")
@@ -592,7 +634,36 @@ def _settings_environment(settings: Any) -> dict[str, str]:
         "batch_max_wait_ms": settings.batch_max_wait_ms,
         "torch_threads": settings.torch_threads,
     }
+    if hasattr(settings, "model_process"):  # services that can run the model in a child
+        values["model_process"] = str(settings.model_process).lower()
     return {f"MOEREC_{name.upper()}": str(value) for name, value in values.items()}
+
+
+def _proc_memory_mb(pid: int) -> dict[str, float]:
+    fields: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmHWM", "VmRSS"):
+            fields[name] = int(value.split()[0]) / 1024  # kB → MB
+    return fields
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (children, grandchildren, ...)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int((entry / "stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[1])
+            parents.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _free_port() -> int:
@@ -705,7 +776,7 @@ class HttpBench:
         wrk_cpu, own = _children_cpu() - children_before, _own_cpu() - own_before
         cpu_after, after = self.server.cpu_seconds(), self.metrics()
         run = describe_run(concurrency, result, before, after, cpu_before, cpu_after, wrk_cpu)
-        server = cpu_after[0] - cpu_before[0]
+        server = cpu_after[0] - cpu_before[0] + cpu_after[2] - cpu_before[2]
         run["other_cpu_cores"] = max(0.0, machine - server - wrk_cpu - own) / run["seconds"]
         return run
 
@@ -825,8 +896,8 @@ def describe_run(
     wrk: dict[str, Any],
     before: dict[str, float],
     after: dict[str, float],
-    cpu_before: tuple[float, float],
-    cpu_after: tuple[float, float],
+    cpu_before: tuple[float, float, float],
+    cpu_after: tuple[float, float, float],
     wrk_cpu: float,
 ) -> dict[str, Any]:
     """One wrk run's figures, with the server's own view of it from the metric deltas."""
@@ -863,8 +934,10 @@ def describe_run(
         "server_mean_ms": (
             1000 * delta("server_seconds") / server_requests if server_requests else None
         ),
-        "server_cpu_cores": (cpu_after[0] - cpu_before[0]) / seconds,
+        # the whole service: the serving process and its model process, if any
+        "server_cpu_cores": (cpu_after[0] - cpu_before[0] + cpu_after[2] - cpu_before[2]) / seconds,
         "server_event_loop_cores": (cpu_after[1] - cpu_before[1]) / seconds,
+        "model_process_cores": (cpu_after[2] - cpu_before[2]) / seconds,
         "wrk_cpu_cores": wrk_cpu / seconds,
         "seconds": seconds,
     }
@@ -1013,7 +1086,7 @@ FIGURES = ("p50_ms", "p95_ms", "p99_ms", "rps")
 MEDIANS = (
     "mean_ms", "hit_ratio", "mean_batch_size", "model_busy", "mean_batch_ms",
     "mean_batch_wait_ms", "server_mean_ms", "server_cpu_cores", "server_event_loop_cores",
-    "wrk_cpu_cores",
+    "model_process_cores", "wrk_cpu_cores",
 )  # fmt: skip
 
 
@@ -1087,12 +1160,16 @@ def summary_table(report: dict[str, Any]) -> str:
             )
     t = report["targets"]
     lines.append(
-        f"targets at {t['at_concurrency']} connections: p95 ≤ {t['p95_target_ms']:g} ms "
+        f"targets at {_n(t['at_concurrency'], 'connection')}: p95 ≤ {t['p95_target_ms']:g} ms "
         f"{_met(t['uncached_p95_le_29ms'])}; req/s ≥ {t['ceiling_fraction_target']:.0%} of the "
         f"ceiling {_met(t['uncached_rps_ge_60pct_ceiling'])} "
         f"({t['uncached_rps_over_ceiling']:.0%}); no errors {_met(t['no_errors'])}"
     )
     return "\n".join(lines)
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _met(ok: bool) -> str:
@@ -1113,7 +1190,8 @@ def splice_section(text: str, section: str) -> str:
     block = f"{DOCS_BEGIN}\n{section.strip()}\n{DOCS_END}\n"
     begin, end = text.find(DOCS_BEGIN), text.find(DOCS_END)
     if begin != -1 and end > begin:
-        return text[:begin] + block + text[end + len(DOCS_END) :].lstrip("\n")
+        rest = text[end + len(DOCS_END) :].lstrip("\n")
+        return text[:begin] + block + ("\n" + rest if rest else "")
     return (text.rstrip("\n") + "\n\n" if text.strip() else "") + block
 
 
@@ -1133,35 +1211,53 @@ def render_section(report: dict[str, Any]) -> str:
         f"`{report['command']}`.",
         f"`moerec serve` in its own process on loopback (uvicorn, one worker, SQLite, "
         f"{s['cache']} cache, micro-batches of at most {s['batch_max_size']} waiting at most "
-        f"{s['batch_max_wait_ms']:g} ms, {s['torch_threads']} torch thread(s), {s['allocator']}, "
-        f"log level {s['log_level']}, rate limits out of the way) serving a model of the "
+        f"{s['batch_max_wait_ms']:g} ms, {_n(s['torch_threads'], 'torch thread')}, "
+        f"{s['allocator']}, "
+        + (
+            "forward passes in a child process, "
+            if s.get("model_process")
+            else "forward passes in a thread of the serving process, "
+        )
+        + f"log level {s['log_level']}, rate limits out of the way) serving a model of the "
         f"{report['data']['source']} shape: {m['items']:,} items, {m['layers']} layers, "
         f"{m['experts']} experts, top-{m['top_k']}, hidden {m['hidden']}, max length "
-        f"{m['max_len']} ({m['note']}). Load: wrk with {load['threads']} thread(s) and N "
+        f"{m['max_len']} ({m['note']}). Load: wrk with {_n(load['threads'], 'thread')} and N "
         f"keep-alive connections, each sending its next `GET /v1/users/{{id}}/recommendations"
         f"?k={load['k']}` as soon as the last one is answered, for {load['duration_s']} s; "
         f"median of {load['repeats']} runs (range of req/s in brackets).",
         "",
-        f"**Targets** (uncached, at {t['at_concurrency']} connections: "
+        f"**Targets** (uncached, at {_n(t['at_concurrency'], 'connection')}: "
         f"{uncached['headline_rule']}):",
         f"p95 ≤ {t['p95_target_ms']:g} ms — **{_met(t['uncached_p95_le_29ms'])}** "
         f"({uncached['p95_ms']:.1f} ms); "
         f"throughput ≥ {t['ceiling_fraction_target']:.0%} of the in-process ceiling — "
         f"**{_met(t['uncached_rps_ge_60pct_ceiling'])}** ({uncached['rps']:.0f} of "
         f"{ceiling['rps']:.0f} req/s, {ratio:.0%}); no request errors — "
-        f"**{_met(t['no_errors'])}**. Server peak RSS {report['server_peak_rss_mb']:.0f} MB.",
+        f"**{_met(t['no_errors'])}**. Server peak RSS {report['server_peak_rss_mb']:.0f} MB"
+        + (
+            f" (+ {report['model_process_peak_rss_mb']:.0f} MB model process)."
+            if report.get("model_process_peak_rss_mb")
+            else "."
+        ),
         f"At saturation the server answered at most {best_http['rps']:.0f} misses/s "
-        f"({best_http['concurrency']} connections, p95 {best_http['p95_ms']:.0f} ms) against "
+        f"({_n(best_http['concurrency'], 'connection')}, p95 {best_http['p95_ms']:.0f} ms) against "
         f"the ceiling's best {best_ceiling['rps']:.0f} req/s ({best_ceiling['concurrency']} "
         f"clients): {best_http['rps'] / best_ceiling['rps']:.0%}.",
         *(
             []
             if report.get("code", {}).get("same_code", True)
-            else ["**moerec's source changed between the ceiling and the server's start.**"]
+            else [
+                "**moerec's source changed between the ceiling and the server's start**"
+                + (
+                    f" ({', '.join(report['code']['changed_files'])})."
+                    if report["code"].get("changed_files")
+                    else "."
+                )
+            ]
         ),
         "",
         "| requests | connections | p50 ms | p95 ms | p99 ms | req/s | mean batch | "
-        "cache hits | server CPU (cores) | wrk CPU (cores) | errors |",
+        "cache hits | service CPU (cores) | wrk CPU (cores) | errors |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     labels = {
@@ -1195,7 +1291,8 @@ def render_section(report: dict[str, Any]) -> str:
         "model, histories and batch settings called through `MicroBatcher` from N coroutines "
         "in one process, with no HTTP, database or cache: the most a single server process "
         "could answer as misses. The load is a closed loop, so once the server is saturated "
-        "more connections only lengthen the queue: latency ≈ connections ÷ throughput. wrk "
+        "more connections only lengthen the queue: latency ≈ connections ÷ throughput. "
+        "Service CPU counts the serving process and its model process, if any. wrk "
         "shares the machine's cores with the server (its CPU is shown), so on a 2-core "
         "machine the HTTP figures are a lower bound for a server with the machine to itself.",
         "",
@@ -1206,6 +1303,13 @@ def render_section(report: dict[str, Any]) -> str:
         "section from `benchmarks/results/serving.json`.",
     ]
     return "\n".join(lines)
+
+
+def _batch_ms(run: dict[str, Any]) -> float:
+    """Mean forward-pass time of a run: busy fraction / batches per second."""
+    if not run or not run.get("rps") or not run.get("mean_batch_size"):
+        return float("nan")
+    return 1000 * run["model_busy"] * run["mean_batch_size"] / run["rps"]
 
 
 def _findings(report: dict[str, Any]) -> list[str]:
@@ -1221,22 +1325,48 @@ def _findings(report: dict[str, Any]) -> list[str]:
         for run in report[part]["runs"]
         if "other_cpu_cores_max" in run
     ]
+    limit = report["load"].get("max_other_cpu", 0.25)
+    repeats = [
+        repeat
+        for part in ("uncached", "cached", "ceiling")
+        for run in report[part]["runs"]
+        for repeat in run["repeats"]
+    ]
+    noisy = [r for r in repeats if (r.get("other_cpu_cores") or 0.0) > limit]
     if others:
         lines.append(
-            f"- Other processes used at most {max(others):.2f} cores during any kept run (a run "
-            f"is measured again when they use more than "
-            f"{report['load'].get('max_other_cpu', 0.25):.2f})."
+            f"- Other processes on the machine: a run is measured again (up to "
+            f"{report['load'].get('attempts', 1)} times) when they use more than {limit:.2f} "
+            f"cores during it; {len(noisy)} of {len(repeats)} kept runs still had them above "
+            f"that (at most {max(others):.2f} cores); each figure is a median of "
+            f"{report['load']['repeats']} runs."
         )
     if busiest.get("mean_batch_size") is not None:
         lines.append(
-            f"- At {busiest['concurrency']} connections the server answered misses in "
+            f"- At {_n(busiest['concurrency'], 'connection')} the server answered misses in "
             f"micro-batches of {busiest['mean_batch_size']:.1f} requests on average "
             f"({inside.get('mean_batch_size', float('nan')):.1f} in-process), "
-            f"{busiest['mean_batch_ms']:.1f} ms per forward pass, and requests waited "
-            f"{busiest['mean_batch_wait_ms']:.1f} ms in the batcher's queue on average; the "
-            f"model thread was busy {busiest['model_busy']:.0%} of the run "
+            f"{busiest['mean_batch_ms']:.1f} ms per batch "
+            f"({_batch_ms(inside):.1f} ms per batch of "
+            f"{inside.get('mean_batch_size', float('nan')):.0f} in-process), and requests "
+            f"waited {busiest['mean_batch_wait_ms']:.1f} ms in the batcher's queue on average; "
+            f"the batcher's worker was busy {busiest['model_busy']:.0%} of the run "
             f"({inside.get('model_busy', float('nan')):.0%} in-process)."
         )
+    fastest = max(report["uncached"]["runs"], key=lambda run: run["rps"])
+    model_cores = fastest.get("model_process_cores") or 0.0
+    serving_ms = 1000 * (fastest["server_cpu_cores"] - model_cores) / fastest["rps"]
+    lines.append(
+        f"- At the most misses/s ({fastest['rps']:.0f}, "
+        f"{_n(fastest['concurrency'], 'connection')}) the serving process spent "
+        f"{serving_ms:.2f} ms of CPU per miss ({fastest['server_event_loop_cores']:.2f} cores "
+        "on its event-loop thread)"
+        + (
+            f" and the model process {1000 * model_cores / fastest['rps']:.2f} ms."
+            if model_cores
+            else "."
+        )
+    )
     degraded = sum(
         run.get("degraded_requests") or 0.0
         for part in ("uncached", "cached")
@@ -1249,15 +1379,22 @@ def _findings(report: dict[str, Any]) -> list[str]:
             "the cache."
         )
     lines.append(
-        f"- The server process used {busiest['server_cpu_cores']:.2f} cores "
-        f"({busiest['server_event_loop_cores']:.2f} on its event-loop thread) and wrk "
+        f"- The service used {busiest['server_cpu_cores']:.2f} cores "
+        f"({busiest['server_event_loop_cores']:.2f} on the serving process's event-loop thread"
+        + (
+            f", {busiest['model_process_cores']:.2f} in the model process"
+            if busiest.get("model_process_cores")
+            else ""
+        )
+        + ") and wrk "
         f"{busiest['wrk_cpu_cores']:.2f} for {busiest['rps']:.0f} misses/s; the server's own "
         f"mean time per request was {busiest['server_mean_ms']:.1f} ms."
     )
+    per_hit_ms = 1000 * cached_best["server_cpu_cores"] / cached_best["rps"]
     lines.append(
-        f"- Cache hits peaked at {cached_best['rps']:.0f} req/s ({cached_best['concurrency']} "
-        f"connections) with the event-loop thread at {cached_best['server_event_loop_cores']:.2f} "
-        f"cores: {1000 * cached_best['server_cpu_cores'] / cached_best['rps']:.2f} ms of server "
+        f"- Cache hits peaked at {cached_best['rps']:.0f} req/s "
+        f"({_n(cached_best['concurrency'], 'connection')}) with the event-loop thread at "
+        f"{cached_best['server_event_loop_cores']:.2f} cores: {per_hit_ms:.2f} ms of server "
         "CPU per hit."
     )
     return lines

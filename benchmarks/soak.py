@@ -86,6 +86,7 @@ SCOPES = ["recommend", "recommend:any", "events:write"]
 K = 10
 MEMORY_GROWTH_TARGET = 0.05
 WARM_UP_FRACTION = 0.2
+QUIET_OTHER_CORES = 0.25
 SAMPLE_SECONDS = 5.0
 REQUEST_TIMEOUT_SECONDS = 10.0
 # Request mix: kind -> share of the scheduled requests (event retries come on top).
@@ -196,10 +197,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.output = tiny if args.tiny else DEFAULT_OUTPUT
     if args.render_only and args.docs is None:
         p.error("--render-only needs --docs FILE")
-    if not (args.tiny or args.render_only) and args.data is None and args.model is None:
-        p.error("--data is required (or use --tiny)")
     if not (args.tiny or args.render_only) and args.data is None:
-        p.error("--data is required: the database is filled from it")
+        p.error("--data is required, also with --model: the database is filled from it")
     if args.minutes <= 0 or args.rate <= 0 or args.max_in_flight < 1 or args.connections < 1:
         p.error("--minutes, --rate, --max-in-flight and --connections must be positive")
     return args
@@ -378,8 +377,9 @@ def process_memory(pid: int) -> dict[str, float] | None:
                 values[name] = int(value.split()[0]) / 1024
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text(encoding="utf-8").splitlines():
             name, _, value = line.partition(":")
-            if name == "Pss":
-                values["Pss"] = int(value.split()[0]) / 1024
+            if name in ("Pss", "Private_Clean", "Private_Dirty"):
+                values[name] = int(value.split()[0]) / 1024
+        values["Uss"] = values.pop("Private_Clean", 0.0) + values.pop("Private_Dirty", 0.0)
     except (OSError, ValueError):
         return None
     return values
@@ -407,9 +407,11 @@ def memory_sample(pid: int) -> dict[str, Any]:
             children[f"{process_name(child)}:{child}"] = memory
     total_rss = main_memory.get("VmRSS", 0.0) + sum(m.get("VmRSS", 0.0) for m in children.values())
     total_pss = main_memory.get("Pss", 0.0) + sum(m.get("Pss", 0.0) for m in children.values())
+    total_uss = main_memory.get("Uss", 0.0) + sum(m.get("Uss", 0.0) for m in children.values())
     return {
         "rss_mb": round(total_rss, 1),
         "pss_mb": round(total_pss, 1),
+        "uss_mb": round(total_uss, 1),
         "server_rss_mb": round(main_memory.get("VmRSS", 0.0), 1),
         "server_hwm_mb": round(main_memory.get("VmHWM", 0.0), 1),
         "children_rss_mb": {name: round(m.get("VmRSS", 0.0), 1) for name, m in children.items()},
@@ -854,6 +856,7 @@ def analyse(args: argparse.Namespace, traffic: Traffic, outcome: dict[str, Any])
         )
 
     memory = memory_figures(traffic.samples, warm_up, duration)
+    quiet = quiet_requests(traffic.samples, sent)
     before, after = outcome["metrics_before"], outcome["metrics_after"]
 
     def delta(key: str) -> float:
@@ -870,6 +873,10 @@ def analyse(args: argparse.Namespace, traffic: Traffic, outcome: dict[str, Any])
         "p95_ms": _percentiles(latency[answered])["p95_ms"],
         "max_ms": _percentiles(latency[answered])["max_ms"],
         "p99_ms_after_warm_up": _percentiles(latency[answered & after_warm])["p99_ms"],
+        "p99_ms_quiet": _percentiles(latency[answered & quiet])["p99_ms"],
+        "quiet_share": round(float(quiet.mean()), 3) if quiet.size else None,
+        "quiet_definition": f"requests sent while other processes used under "
+        f"{QUIET_OTHER_CORES:g} cores (5 s samples)",
         "requests": total,
         "rps": round(total / duration, 1),
         "duration_seconds": round(duration, 1),
@@ -945,6 +952,18 @@ def analyse(args: argparse.Namespace, traffic: Traffic, outcome: dict[str, Any])
     }
 
 
+def quiet_requests(samples: list[dict[str, Any]], sent: np.ndarray) -> np.ndarray:
+    """Which requests were sent while other processes left the machine alone: the 5 s
+    sample interval holding the send time saw under QUIET_OTHER_CORES cores of others."""
+    timed = [(s["t"], s["cpu_cores"]["others"]) for s in samples if "cpu_cores" in s]
+    if not timed:
+        return np.zeros(sent.shape, dtype=bool)
+    ends = np.asarray([t for t, _ in timed])
+    others = np.asarray([o for _, o in timed])
+    index = np.minimum(np.searchsorted(ends, sent), len(ends) - 1)
+    return np.asarray(others[index] < QUIET_OTHER_CORES)
+
+
 def memory_figures(
     samples: list[dict[str, Any]], warm_up: float, duration: float
 ) -> dict[str, Any]:
@@ -979,17 +998,22 @@ def memory_figures(
         "warm": service["warm"],
         "end": service["end"],
         "peak": round(max(peak_main + peak_children, max(s["rss_mb"] for s in samples)), 1),
+        "uss": figures(lambda s: s["uss_mb"]),
         "pss": figures(lambda s: s["pss_mb"]),
         "per_process": per_process,
         "warm_sample_t": warm_sample["t"],
         "end_window_s": [round(duration - tail, 1), round(duration, 1)],
         "definition": "service = the `moerec serve` process plus its children (the model "
         "process); growth = (median RSS over the end window - RSS at the end of warm-up) / "
-        "RSS at the end of warm-up; peak = sum of the processes' high-water marks",
+        "RSS at the end of warm-up; peak = sum of the processes' high-water marks; USS = "
+        "private pages (Private_Clean + Private_Dirty); PSS also counts shares of library pages "
+        "that other processes on the machine map (e.g. other torch processes), so it moves "
+        "with them",
         "series": [
             {
                 "t": s["t"],
                 "rss_mb": s["rss_mb"],
+                "uss_mb": s["uss_mb"],
                 "pss_mb": s["pss_mb"],
                 "server_rss_mb": s["server_rss_mb"],
                 "model_process_rss_mb": round(
@@ -1073,7 +1097,7 @@ def write_plot(path: Path, report: dict[str, Any]) -> bool:
     top.axhline(warm * (1 + MEMORY_GROWTH_TARGET), color="red", linestyle="--", linewidth=0.8,
                 label=f"warm-up RSS + {MEMORY_GROWTH_TARGET:.0%}")  # fmt: skip
     top.set_ylabel("MB")
-    top.legend(fontsize=7, loc="lower right")
+    top.legend(fontsize=7, loc="center right")
     top.set_title(
         f"soak: {report['requests']} requests, error rate {report['error_rate']:.3%}, "
         f"memory growth {report['memory_growth']:+.2%}",
@@ -1084,7 +1108,20 @@ def write_plot(path: Path, report: dict[str, Any]) -> bool:
     bottom.plot(mids, [w["p50_ms"] for w in windows], marker=".", label="p50")
     bottom.set_ylabel(f"ms per {report['window_seconds']:g} s window")
     bottom.set_xlabel("seconds since the traffic started")
-    bottom.legend(fontsize=7)
+    others = bottom.twinx()
+    others.fill_between(
+        mids,
+        [w["other_cpu_cores"] or 0.0 for w in windows],
+        step="mid",
+        color="grey",
+        alpha=0.2,
+        label="other processes' CPU",
+    )
+    others.set_ylabel("cores used by other processes")
+    others.set_ylim(0, max(2.0, *(w["other_cpu_cores"] or 0.0 for w in windows)))
+    lines, labels = bottom.get_legend_handles_labels()
+    more, more_labels = others.get_legend_handles_labels()
+    bottom.legend(lines + more, labels + more_labels, fontsize=7, loc="upper right")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
@@ -1153,13 +1190,29 @@ def render_section(report: dict[str, Any]) -> str:
         f"{report['client_errors_4xx']} 4xx). "
         f"**p99** {report['p99_ms']:.1f} ms (p50 {report['p50_ms']:.1f}, "
         f"p95 {report['p95_ms']:.1f}, max {report['max_ms']:.0f}; "
-        f"p99 after warm-up {report['p99_ms_after_warm_up']:.1f}) at {report['rps']:.1f} req/s. "
+        f"p99 after warm-up {report['p99_ms_after_warm_up']:.1f}"
+        + (
+            f"; p99 {report['p99_ms_quiet']:.1f} over the {report['quiet_share']:.0%} of "
+            f"requests sent while other processes used under {QUIET_OTHER_CORES:g} cores"
+            if report.get("p99_ms_quiet") is not None
+            else ""
+        )
+        + f") at {report['rps']:.1f} req/s"
+        + (
+            f" ({load['skipped_slots']:,} scheduled requests skipped: the generator fell more "
+            "than 1 s behind)"
+            if load["skipped_slots"]
+            else ""
+        )
+        + ". "
         f"**Memory growth** after warm-up: **{_pct(growth)}** — target < "
         f"{t['memory_growth_target']:.0%} **{'met' if t['memory_growth_met'] else 'NOT met'}** "
         f"(service RSS {rss['start']:.0f} MB when the traffic started, {rss['warm']:.0f} MB at "
         f"the end of warm-up ({load['warm_up_s']:.0f} s), median {rss['end']:.0f} MB over the "
         f"last {mem['end_window_s'][1] - mem['end_window_s'][0]:.0f} s, peak {rss['peak']:.0f} "
-        f"MB; per process: {per_process}; PSS {_pct(mem['pss']['growth'])}). "
+        f"MB; per process: {per_process}"
+        + (f"; private memory (USS) {_pct(mem['uss']['growth'])}" if "uss" in mem else "")
+        + "). "
         f"**Events**: {events['acknowledged']:,} acknowledged "
         f"({events['acknowledged_202_spooled']} of them spooled), stored exactly once: "
         f"**{'yes' if report['events_stored_exactly_once'] else 'NO'}** "
