@@ -156,6 +156,38 @@ def test_flush_empties_the_cache(open_cache: Callable[[], Any]) -> None:
 # --------------------------------------------------------------------------- local only
 
 
+def test_local_expired_entries_are_freed_without_being_read() -> None:
+    from moerec.storage.cache import PURGE_EVERY_SETS
+
+    clock = FakeClock()
+    cache = LocalCache(max_entries=10 * PURGE_EVERY_SETS, clock=clock)
+
+    async def body() -> None:
+        for i in range(PURGE_EVERY_SETS - 1):
+            await cache.set(key(f"old{i}"), b"x", 5)
+        clock.now += 10  # every entry so far has expired; none is read again
+        await cache.set(key("fresh"), b"y", 5)  # the store that triggers the sweep
+        assert len(cache) == 1
+        assert await cache.get(key("fresh")) == b"y"
+
+    asyncio.run(body())
+
+
+def test_local_cache_keeps_an_exact_copy_of_the_value() -> None:
+    import orjson
+
+    value = orjson.dumps({"items": list(range(10))})
+    cache = LocalCache(max_entries=4)
+
+    async def body() -> bytes | None:
+        await cache.set(key("u1"), value, 5)
+        return await cache.get(key("u1"))
+
+    stored = asyncio.run(body())
+    assert stored == value
+    assert stored is not value  # a right-sized copy, not orjson's over-allocated buffer
+
+
 def test_local_entries_expire_by_the_clock() -> None:
     clock = FakeClock()
     cache = LocalCache(max_entries=10, clock=clock)

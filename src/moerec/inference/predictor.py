@@ -66,6 +66,10 @@ class Predictor:
     def from_path(cls, path: Path | str) -> Predictor:
         return cls(load_artefact(path))
 
+    def warm_up(self) -> None:
+        """One tiny forward pass, so the first request does not pay torch's lazy set-up."""
+        self.run([Query(np.asarray([1], dtype=np.int64), k=1)])
+
     @property
     def version(self) -> str:
         return self.artefact.version

@@ -109,7 +109,6 @@ class PredictorProcess:
 
 def _serve(conn: Connection, path: str, torch_threads: int) -> None:
     """The child: load once, then answer batches until told to stop (None) or orphaned."""
-    import numpy as np
     import torch
 
     from moerec.inference.predictor import Predictor
@@ -117,7 +116,7 @@ def _serve(conn: Connection, path: str, torch_threads: int) -> None:
     torch.set_num_threads(torch_threads)
     try:
         predictor = Predictor.from_path(path)
-        predictor.run([Query(np.asarray([1], dtype=np.int64), k=1)])  # pay lazy init now
+        predictor.warm_up()
     except Exception as exc:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return

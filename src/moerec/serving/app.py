@@ -155,7 +155,7 @@ async def _start_services(
 
     spool = EventSpool(settings.event_spool_path())
     stack.callback(spool.close)
-    replayer = SpoolReplayer(spool, storage, breakers, every_seconds=1.0)
+    replayer = SpoolReplayer(spool, storage, every_seconds=1.0)
     await replayer.start()
     metrics.spool_pending.set_function(lambda: replayer.pending)
     stack.push_async_callback(replayer.close)

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from moerec.serving.audit import AuditEntry
-from moerec.serving.auth import ADMIN, Principal, bearer_token
+from moerec.serving.auth import Principal, bearer_token, require
 from moerec.serving.errors import ApiError
 from moerec.serving.ratelimit import rate_limited, request_limits
 from moerec.serving.service import Services
@@ -59,13 +59,7 @@ def requires(scope: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that admits only principals holding ``scope`` (admin holds every scope)."""
 
     async def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
-        if not (principal.has(scope) or principal.has(ADMIN)):
-            raise ApiError(
-                403,
-                "insufficient_scope",
-                f"this operation needs the '{scope}' scope; ask for a token that has it",
-                headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
-            )
+        require(principal, scope)  # admin (and recommend:any for recommend) grant it too
         return principal
 
     return check

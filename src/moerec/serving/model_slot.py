@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from moerec.inference import BatchReport, MicroBatcher, Predictor, PredictorProcess, Query
+from moerec.inference import BatchReport, MicroBatcher, Predictor, PredictorProcess
 from moerec.registry import resolve_artefact
 
 log = logging.getLogger("moerec.serving")
@@ -108,11 +106,13 @@ class ModelSlot:
         """
         async with self._lock:  # one reload at a time
             target = resolve_artefact(path or self.source)
-            predictor = await asyncio.to_thread(_load_and_warm, target)
+            predictor = await asyncio.to_thread(Predictor.from_path, target)
             process = None
-            if self.model_process:
+            if self.model_process:  # forward passes (and their warm-up) happen in the child
                 process = PredictorProcess(target, self.torch_threads)
                 await asyncio.to_thread(process.start)
+            else:
+                await asyncio.to_thread(predictor.warm_up)
             batcher = MicroBatcher(
                 predictor,
                 self.batch_max_size,
@@ -134,9 +134,3 @@ class ModelSlot:
         if self._current is not None:
             await self._current.close()
             self._current = None
-
-
-def _load_and_warm(path: Path) -> Predictor:
-    predictor = Predictor.from_path(path)
-    predictor.run([Query(np.asarray([1], dtype=np.int64), k=1)])  # first call pays lazy init
-    return predictor

@@ -159,12 +159,9 @@ class GuardedCache:
 class SpoolReplayer:
     """Drains the event spool into the database whenever the database answers."""
 
-    def __init__(
-        self, spool: EventSpool, storage: Storage, breakers: BreakerBoard, every_seconds: float
-    ) -> None:
+    def __init__(self, spool: EventSpool, storage: Storage, every_seconds: float) -> None:
         self.spool = spool
         self.storage = storage
-        self.breakers = breakers
         self.every_seconds = every_seconds
         self.pending = 0  # kept current so the request path need not ask the spool
         self._task: asyncio.Task[None] | None = None

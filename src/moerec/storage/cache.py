@@ -136,6 +136,9 @@ class _Entry:
     user: str | None
 
 
+PURGE_EVERY_SETS = 1024
+
+
 class LocalCache:
     """An in-process LRU of at most ``max_entries`` values, each with its own expiry.
 
@@ -153,6 +156,7 @@ class LocalCache:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._by_user: dict[str, set[str]] = {}
         self._lock = threading.Lock()  # nothing here awaits; the lock covers threaded callers
+        self._sets = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -185,12 +189,24 @@ class LocalCache:
         _check_ttl(ttl_seconds)
         with self._lock:
             self._remove(key)
-            self._entries[key] = _Entry(bytes(value), self._clock() + ttl_seconds, user)
+            # A copy of exactly the value's length: `bytes(b)` is `b` itself, and orjson's
+            # output keeps a ~4 KB buffer behind a ~0.7 KB response (measured in a soak run).
+            now = self._clock()
+            self._entries[key] = _Entry(bytes(memoryview(value)), now + ttl_seconds, user)
             if user is not None:
                 self._by_user.setdefault(user, set()).add(key)
             while len(self._entries) > self._max_entries:
                 oldest = next(iter(self._entries))
                 self._remove(oldest)
+            self._sets += 1
+            if self._sets % PURGE_EVERY_SETS == 0:
+                self._purge_expired(now)
+
+    def _purge_expired(self, now: float) -> None:
+        """Expired entries are otherwise freed only when read again or evicted by size, so
+        the TTL would not bound memory; one sweep per ``PURGE_EVERY_SETS`` stores does."""
+        for key in [k for k, entry in self._entries.items() if entry.expires <= now]:
+            self._remove(key)
 
     async def delete_user(self, user_id: str) -> int:
         """Drop the user's entries; how many were still live."""
