@@ -103,6 +103,40 @@ def test_requests_that_queued_during_a_forward_pass_share_the_next_one(predictor
     assert [r.size for r in reports] == [4] * 5
 
 
+def test_a_lone_request_does_not_wait_for_companions(predictor, tiny_dataset):
+    # Requests a second apart: the batcher has no reason to expect a companion, so even a
+    # generous max_wait is never spent (each answer takes a forward pass, not 300 ms).
+    reports: list[BatchReport] = []
+
+    async def scenario():
+        async with MicroBatcher(predictor, max_wait_ms=300, on_batch=reports.append) as batcher:
+            for history in histories(tiny_dataset, 3):
+                await batcher.recommend(history)
+                await asyncio.sleep(0.4)
+
+    run(scenario())
+    assert [r.size for r in reports] == [1, 1, 1]
+    assert max(r.oldest_wait_seconds for r in reports) < 0.15
+
+
+def test_under_steady_traffic_the_batcher_waits_for_companions(predictor, tiny_dataset):
+    # One request every 10 ms, 100 ms of allowed wait: once the batcher has seen the pace,
+    # it holds batches open and they fill up.
+    reports: list[BatchReport] = []
+
+    async def scenario():
+        async with MicroBatcher(predictor, max_wait_ms=100, on_batch=reports.append) as batcher:
+            pending = []
+            for history in histories(tiny_dataset, 30):
+                pending.append(asyncio.ensure_future(batcher.recommend(history)))
+                await asyncio.sleep(0.01)
+            await asyncio.gather(*pending)
+
+    run(scenario())
+    assert sum(r.size for r in reports) == 30
+    assert max(r.size for r in reports) >= 4
+
+
 def test_a_model_in_a_child_process_answers_like_the_one_in_process(predictor, tiny_dataset):
     from moerec.inference import PredictorProcess, PredictorProcessError
 
@@ -116,6 +150,13 @@ def test_a_model_in_a_child_process_answers_like_the_one_in_process(predictor, t
                 return await asyncio.gather(*(batcher.recommend(h, k=5) for h in users))
 
         for history, result in zip(users, asyncio.run(run()), strict=True):
+            assert_same_recommendation(result, predictor.recommend([history], k=5)[0])
+
+        async def run_async():  # the event-loop path the service uses
+            async with MicroBatcher(predictor, async_runner=child.run_async) as batcher:
+                return await asyncio.gather(*(batcher.recommend(h, k=5) for h in users))
+
+        for history, result in zip(users, asyncio.run(run_async()), strict=True):
             assert_same_recommendation(result, predictor.recommend([history], k=5)[0])
         with pytest.raises(PredictorProcessError, match="model failed"):
             child.run([Query(np.asarray([10**9]), k=1)])  # an id outside the catalogue

@@ -6,6 +6,10 @@ batcher collects requests until ``max_batch_size`` are waiting or the oldest has
 ``max_wait_ms``, runs them through ``Predictor.recommend`` on one worker thread (torch releases
 the GIL, so the event loop keeps accepting requests), and hands each caller its own result.
 This is the adaptive batching BentoML and Ray Serve use; no web code lives here.
+
+The wait adapts to the traffic: the batcher keeps a moving average of the time between
+submissions and waits for companions only while requests arrive faster than ``max_wait_ms``
+apart. Under load the batches fill up; a lone request at low traffic never waits.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -53,6 +57,7 @@ class MicroBatcher:
         max_wait_ms: float = 2.0,
         on_batch: Callable[[BatchReport], None] | None = None,
         runner: Callable[[Sequence[Query]], list[Recommendation]] | None = None,
+        async_runner: Callable[[Sequence[Query]], Awaitable[list[Recommendation]]] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -62,8 +67,13 @@ class MicroBatcher:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.on_batch = on_batch
-        # What answers a batch: the predictor in this process, or one in a child process.
+        # What answers a batch: the predictor in this process (on the worker thread), or one
+        # in a child process (``async_runner``: awaited on the loop, no thread involved).
         self.runner = runner or predictor.run
+        self.async_runner = async_runner
+        # Moving average of the gap between submissions (seconds); starts "slow" (no waits).
+        self._gap = float("inf")
+        self._last_submit: float | None = None
         self._queue: asyncio.Queue[_Request] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -108,7 +118,12 @@ class MicroBatcher:
         if len(query.history) == 0:
             raise MoerecError("every history needs at least one item the model knows")
         future: asyncio.Future[Recommendation] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Request(query, future, time.perf_counter()))
+        now = time.perf_counter()
+        if self._last_submit is not None:
+            gap = now - self._last_submit
+            self._gap = gap if self._gap == float("inf") else 0.9 * self._gap + 0.1 * gap
+        self._last_submit = now
+        self._queue.put_nowait(_Request(query, future, now))
         return await future
 
     async def _run(self) -> None:
@@ -120,7 +135,10 @@ class MicroBatcher:
             # however long they have waited; only then wait (briefly) for companions.
             while len(batch) < self.max_batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            deadline = batch[0].enqueued + self.max_wait
+            # Wait only when companions are likely: requests have been coming faster than
+            # the longest wait allowed.
+            wait = self.max_wait if self._gap < self.max_wait else 0.0
+            deadline = batch[0].enqueued + wait
             while len(batch) < self.max_batch_size:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
@@ -140,9 +158,13 @@ class MicroBatcher:
         live = [r for r in batch if not r.future.done()]  # callers may have gone away
         if live:
             try:
-                results = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self.runner, [r.query for r in live]
-                )
+                queries = [r.query for r in live]
+                if self.async_runner is not None:
+                    results = await self.async_runner(queries)
+                else:
+                    results = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, self.runner, queries
+                    )
             except Exception as exc:  # the callers see the model's error, the loop goes on
                 for request in live:
                     if not request.future.done():

@@ -33,8 +33,8 @@ class RoutingStats:
     num_tokens: int
     num_slots: int  # used slots (= N·k for top-k routing)
     entropy_sum: Tensor  # () sum over tokens of the router distribution's entropy (nats)
-    balance_loss: Tensor  # () Switch loss, 1.0 when perfectly balanced
-    z_loss: Tensor  # ()
+    balance_loss: Tensor  # () Switch loss, 1.0 when perfectly balanced; 0 without gradients
+    z_loss: Tensor  # (); 0 without gradients
     experts: Tensor  # (N, K) expert ids per token
     weights: Tensor  # (N, K) combine weights (0 for unused slots)
     mask: Tensor  # (N, K) slot in use
@@ -154,14 +154,21 @@ class MoEFeedForward(nn.Module):
         with torch.no_grad():
             log_probs = routing.probs.clamp_min(1e-12).log()
             entropy_sum = -(routing.probs * log_probs).sum()
+        # The losses exist to be back-propagated; without gradients (serving, evaluation)
+        # they would be a dozen wasted operations per layer on every forward pass.
+        needs_losses = torch.is_grad_enabled()
+        zero = routing.logits.new_zeros(())
+        balance = (
+            balance_loss(routing.probs, routing.experts, routing.mask) if needs_losses else None
+        )
         return RoutingStats(
             expert_counts=plan.demand,
             dropped_slots=plan.demand.sum() - plan.tokens.new_tensor(sum(plan.sizes)),
             num_tokens=routing.experts.shape[0],
             num_slots=num_slots,
             entropy_sum=entropy_sum,
-            balance_loss=balance_loss(routing.probs, routing.experts, routing.mask),
-            z_loss=z_loss(routing.logits),
+            balance_loss=balance if balance is not None else zero,
+            z_loss=z_loss(routing.logits) if needs_losses else zero,
             experts=routing.experts.detach(),
             weights=routing.weights.detach(),
             mask=routing.mask,

@@ -118,7 +118,7 @@ class ModelSlot:
                 self.batch_max_size,
                 self.batch_max_wait_ms,
                 on_batch=self.on_batch,
-                runner=process.run if process is not None else None,
+                async_runner=process.run_async if process is not None else None,
             )
             await batcher.start()
             new = LoadedModel(predictor, batcher, target, process)

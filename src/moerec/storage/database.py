@@ -19,6 +19,8 @@ driver exceptions, so callers handle one family of errors whatever the backend.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -70,6 +73,9 @@ IN_CHUNK = 1000  # ids per IN (...) list; well under SQLite's bound-parameter li
 # Event types that are feedback against an item; they do not make it popular.
 NEGATIVE_EVENT_TYPES: frozenset[str] = frozenset({"dismiss"})
 DEFAULT_TIMEOUT = 5.0  # seconds: connect, statement (PostgreSQL), pool checkout, lock wait
+# How long a synchronous SQLite history read may wait on a busy database before it hands over
+# to the async path (it runs on the event loop, so it must stay short).
+SQLITE_FAST_BUSY_MS = 20
 
 
 # --------------------------------------------------------------------------- records
@@ -339,6 +345,75 @@ class _Upserts:
         self.bump_users = bump
 
 
+class _SqliteHistoryReader:
+    """History reads on the calling thread with the ``sqlite3`` module, for the embedded backend.
+
+    A history read is a point lookup on an index: tens of microseconds in SQLite's C code.
+    Through aiosqlite it also pays a thread hop each way and SQLAlchemy's execution path,
+    several times the query itself, on every recommendation request. In WAL mode readers
+    never wait for the writer, so this short synchronous read does not stall the event loop;
+    in the rare case SQLite still answers "busy" (WAL recovery), ``read`` returns None after
+    ``busy_timeout_ms`` and the caller takes the async path.
+
+    One connection per thread (sqlite3 connections belong to their thread), opened lazily,
+    ``query_only`` so this path can never write.
+    """
+
+    def __init__(self, database: str, busy_timeout_ms: int) -> None:
+        self._database = database
+        self._busy_timeout_ms = busy_timeout_ms
+        compiled = _HISTORY.compile(dialect=sqlite_dialect(paramstyle="qmark"))
+        self._sql = compiled.string
+        self._parameters = list(compiled.positiontup or ())
+        self._defaults = dict(compiled.params)  # e.g. the dialect's OFFSET 0
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def read(self, user_id: str, limit: int) -> list[tuple[Any, ...]] | None:
+        """The rows of ``_HISTORY``, or None when the async path should answer instead."""
+        values = {**self._defaults, "user_id": user_id, "limit": limit}
+        try:
+            connection = self._connection()
+            rows: list[tuple[Any, ...]] = connection.execute(
+                self._sql, [values[name] for name in self._parameters]
+            ).fetchall()
+        except sqlite3.Error:
+            self._forget()  # a fresh connection next time; the async path reports the error
+            return None
+        return rows
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for connection in opened:
+            connection.close()
+        self._local = threading.local()
+
+    def _connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            # check_same_thread=False only so that close() may run on another thread.
+            connection = sqlite3.connect(
+                self._database, isolation_level=None, check_same_thread=False
+            )
+            connection.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+            connection.execute("PRAGMA query_only=1")
+            self._local.connection = connection
+            with self._lock:
+                self._opened.append(connection)
+        return connection
+
+    def _forget(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            with self._lock:
+                if connection in self._opened:
+                    self._opened.remove(connection)
+            connection.close()
+
+
 # --------------------------------------------------------------------------- storage
 
 
@@ -364,6 +439,7 @@ class Storage:
         self.dialect = self.url.get_backend_name()
         self._timeout = timeout
         self._engine: AsyncEngine
+        self._fast_history: _SqliteHistoryReader | None = None
         if self.dialect == "postgresql":
             self._engine = create_async_engine(
                 self.url,
@@ -395,6 +471,10 @@ class Storage:
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas(int(timeout * 1000)))
             # pysqlite opens no transaction for a SELECT, so reads are autocommit already.
             self._reader = self._engine
+            database = self.url.database or ""
+            plain_file = database not in ("", ":memory:") and not database.startswith("file:")
+            if plain_file and not self.url.query.get("uri"):
+                self._fast_history = _SqliteHistoryReader(database, SQLITE_FAST_BUSY_MS)
         self._upserts = _Upserts(self.dialect)
 
     @property
@@ -413,6 +493,8 @@ class Storage:
 
     async def close(self) -> None:
         """Close every pooled connection (also lets the SQLite WAL be checkpointed)."""
+        if self._fast_history is not None:
+            self._fast_history.close()
         await self._engine.dispose()
 
     async def ping(self) -> None:
@@ -637,19 +719,23 @@ class Storage:
         One statement, one round trip: this runs on every recommendation request.
         """
         _check_limit(limit)
-        with translated("reading a user history"):
-            async with self._reader.connect() as connection:
-                rows = (
-                    await connection.execute(_HISTORY, {"user_id": user_id, "limit": limit})
-                ).all()
+        rows = self._fast_history.read(user_id, limit) if self._fast_history else None
+        if rows is None:
+            with translated("reading a user history"):
+                async with self._reader.connect() as connection:
+                    result = await connection.execute(
+                        _HISTORY, {"user_id": user_id, "limit": limit}
+                    )
+                    rows = [tuple(row) for row in result]
         if not rows:
             return UserHistory(user_id, [], [], version=0, known=False)
-        present = [row for row in rows if row.item_id is not None]
+        # (history_version, item_id, event_type); one row of NULLs for a user without events
+        present = [row for row in rows if row[1] is not None]
         return UserHistory(
             user_id,
-            [row.item_id for row in present],
-            [row.event_type for row in present],
-            version=int(rows[0].history_version),
+            [row[1] for row in present],
+            [row[2] for row in present],
+            version=int(rows[0][0]),
             known=True,
         )
 
