@@ -39,8 +39,8 @@ test: $(VENV)/.installed-dev lint
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks deploy docs
+	$(BIN)/ruff format --check src tests benchmarks deploy docs
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
@@ -78,8 +78,60 @@ audit: $(VENV)/.installed-dev
 	$(BIN)/python -m pip install --quiet pip-audit
 	$(BIN)/pip-audit --strict -r $(CONSTRAINTS)
 
+# The documentation site in site/ (offline: no theme or script from the internet). The
+# configuration reference is generated: python docs/gen_config_reference.py rewrites it.
+.PHONY: docs
+docs: $(VENV)/.installed-dev
+	$(BIN)/python docs/gen_config_reference.py --check
+	$(BIN)/mkdocs build --strict
+
 constraints: $(VENV)/.installed-dev
 	{ head -2 $(CONSTRAINTS); $(BIN)/python -m pip freeze --exclude-editable | grep -v "^moerec" | sed "s/+cpu$$//"; } > $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
+
+# Offline checks of deploy/ (Dockerfile, Kubernetes, Prometheus, Alertmanager, Grafana).
+# Python tools in their own virtualenv (requirements/deploy.txt); promtool and amtool from
+# Debian's prometheus and prometheus-alertmanager packages. See docs/operations.md.
+DEPLOY_VENV ?= .venv-deploy
+DEPLOY_BIN  := $(DEPLOY_VENV)/bin
+K8S_VERSION ?= 1.32.0
+DEPLOY_BUILD := $(DEPLOY_VENV)/k8s-build
+
+$(DEPLOY_VENV)/.installed: requirements/deploy.txt requirements/deploy-constraints.txt
+	$(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_BIN)/python -m pip install --quiet --upgrade pip
+	$(DEPLOY_BIN)/python -m pip install --quiet -r requirements/deploy.txt \
+		-c requirements/deploy-constraints.txt
+	touch $@
+
+.PHONY: lint-deploy deploy-constraints
+lint-deploy: $(DEPLOY_VENV)/.installed
+	$(DEPLOY_BIN)/yamllint --strict .yamllint deploy
+	$(DEPLOY_BIN)/hadolint deploy/Dockerfile
+	$(DEPLOY_BIN)/checkov --quiet --compact --skip-download --framework dockerfile -f deploy/Dockerfile
+	rm -rf $(DEPLOY_BUILD) && mkdir -p $(DEPLOY_BUILD)
+	for overlay in dev prod; do \
+		$(DEPLOY_BIN)/kubectl kustomize deploy/k8s/overlays/$$overlay > $(DEPLOY_BUILD)/$$overlay.yaml || exit 1; \
+		$(DEPLOY_BIN)/kubernetes-validate --strict --quiet -k $(K8S_VERSION) \
+			$(DEPLOY_BUILD)/$$overlay.yaml > $(DEPLOY_BUILD)/$$overlay.log; status=$$?; \
+		cat $(DEPLOY_BUILD)/$$overlay.log; \
+		if [ $$status -ne 0 ] || grep -q . $(DEPLOY_BUILD)/$$overlay.log; then exit 1; fi; \
+		echo "$$overlay: every resource valid for Kubernetes $(K8S_VERSION)"; \
+	done
+	$(DEPLOY_BIN)/checkov --quiet --compact --skip-download --framework kubernetes -d $(DEPLOY_BUILD)
+	$(DEPLOY_BIN)/python deploy/check_monitoring.py config deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/rules/*.yml
+	promtool test rules deploy/prometheus/tests/*.yml
+	amtool check-config deploy/alertmanager/alertmanager.yml
+	amtool config routes test --config.file=deploy/alertmanager/alertmanager.yml \
+		--verify.receivers=oncall-critical severity=critical
+	amtool config routes test --config.file=deploy/alertmanager/alertmanager.yml \
+		--verify.receivers=slack-warnings severity=warning
+	$(DEPLOY_BIN)/python deploy/check_monitoring.py promql
+
+deploy-constraints: $(DEPLOY_VENV)/.installed
+	{ head -1 requirements/deploy-constraints.txt; $(DEPLOY_BIN)/python -m pip freeze; } \
+		> requirements/deploy-constraints.txt.new
+	mv requirements/deploy-constraints.txt.new requirements/deploy-constraints.txt
 
 clean:
 	rm -rf $(VENV) .moerec-demo runs models

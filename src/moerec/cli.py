@@ -17,7 +17,13 @@ from rich.console import Console
 from rich.table import Table
 
 from moerec import MoerecError
-from moerec.config import VARIANTS, ExperimentConfig, load_config, resolve_variant
+from moerec.config import (
+    VARIANTS,
+    ExperimentConfig,
+    ServiceSettings,
+    load_config,
+    resolve_variant,
+)
 
 app = typer.Typer(
     help="Train, evaluate and use a Mixture-of-Experts sequential recommender.",
@@ -426,6 +432,49 @@ def _print_metrics(
     out.print(table)
 
 
+# --------------------------------------------------------------------------- report
+
+
+@app.command()
+def report(
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A training run folder: the --run-dir of `moerec train` (it holds log.jsonl "
+            "and plots/), e.g. .moerec-demo/run after `moerec demo`.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="File to write (default: RUN_DIR/report.html or report.md)."
+        ),
+    ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="html: one self-contained file, plots embedded as base64 PNG; "
+            "markdown: links to the run's PNG files.",
+        ),
+    ] = "html",
+) -> None:
+    """Render a training run's metrics, expert routing and plots into one HTML or markdown file.
+
+    Reads RUN_DIR/log.jsonl and RUN_DIR/plots/*.png as `moerec train` wrote them; a run that
+    stopped early (no plots yet) gets them drawn from its log first. Exit code 2 when RUN_DIR is
+    not a run folder.
+    """
+    from moerec.training.report import FORMATS, write_report
+
+    with user_errors():
+        if fmt not in FORMATS:
+            raise MoerecError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        written = write_report(run_dir, output, fmt)
+        out.print(f"wrote {written}", highlight=False, soft_wrap=True)
+
+
 # --------------------------------------------------------------------------- demo
 
 
@@ -587,6 +636,7 @@ def serve(
                 "set MOEREC_MODE=production and MOEREC_JWT_SECRET for real use",
                 highlight=False,
             )
+            _announce_playground(settings, host, port)
         uvicorn.run(
             create_app(settings),
             host=host,
@@ -596,6 +646,31 @@ def serve(
             server_header=False,
             timeout_graceful_shutdown=10,
         )
+
+
+PLAYGROUND_TOKEN_HOURS = 12
+
+
+def _announce_playground(settings: ServiceSettings, host: str, port: int) -> None:
+    """Development mode: where the /ui/ playground is, and a token to sign in with."""
+    from moerec.serving.auth import mint_token
+    from moerec.serving.routes.ui import UI_PATH, enabled
+
+    if not enabled(settings):
+        return
+    token = mint_token(
+        settings,
+        subject="playground",
+        scopes=["recommend:any", "events:write"],
+        ttl_seconds=PLAYGROUND_TOKEN_HOURS * 3600,
+    )
+    shown_host = f"[{host}]" if ":" in host else host
+    err.print(
+        f"playground: http://{shown_host}:{port}{UI_PATH} — sign in with this development "
+        f"token (recommend:any events:write, {PLAYGROUND_TOKEN_HOURS} h):\n{token}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @token_app.command("create")

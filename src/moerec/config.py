@@ -277,8 +277,9 @@ class ServiceSettings(BaseSettings):
     batch_max_wait_ms: float = Field(
         0.0,
         ge=0,
-        description="Longest wait for batch companions (0: requests that queue during a "
-        "forward pass form the next batch; a wait only adds latency to lone requests).",
+        description="Longest wait for batch companions, spent only while requests arrive "
+        "faster than that (0: requests that queue during a forward pass form the next batch; "
+        "measured best on a 2-core machine).",
     )
     torch_threads: int = Field(1, ge=1, description="torch threads for the forward pass.")
     model_process: bool = Field(
@@ -291,6 +292,11 @@ class ServiceSettings(BaseSettings):
     cors_origins: list[str] = Field(
         default_factory=list,
         description="Origins allowed to call the API from a browser (JSON list); empty = none.",
+    )
+    ui_enabled: bool | None = Field(
+        None,
+        description="Serve the playground page at /ui (unset: on in development mode, off in "
+        "production mode).",
     )
 
     # Resilience: every outbound call has a timeout and a circuit breaker.

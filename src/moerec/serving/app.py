@@ -44,6 +44,7 @@ from moerec.serving.resilience import (
 )
 from moerec.serving.routes import admin, events, health, items, recommendations, scores, users
 from moerec.serving.routes._responses import json
+from moerec.serving.routes.ui import install as install_ui
 from moerec.serving.service import Services
 from moerec.storage import Storage
 from moerec.storage.cache import LocalCache, RedisCache, ResponseCache
@@ -72,6 +73,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     for router in (recommendations, scores, events, items, users, admin, health):
         app.include_router(router.router)
+    install_ui(app, settings)  # the /ui/ playground: on in development mode
     _install_error_handlers(app)
     if settings.cors_origins:  # closed by default: browsers may call only the listed origins
         app.add_middleware(
