@@ -263,3 +263,52 @@ def test_popular_items_count_events(backend: Backend):
         assert await storage.popular_items(0) == []
 
     backend.run(body)
+
+
+def test_sqlite_history_reads_take_the_direct_path_and_fall_back_when_it_fails(
+    tmp_path, sqlite_template
+):
+    # The embedded backend reads histories with sqlite3 on the caller's thread; the answer
+    # must equal the SQLAlchemy path's, and a failing direct read must fall back to it.
+    import shutil
+
+    from moerec.storage import database
+
+    path = tmp_path / "direct.db"
+    shutil.copyfile(sqlite_template, path)
+    backend = Backend("sqlite", f"sqlite+aiosqlite:///{path}")
+
+    async def body(storage: Storage) -> None:
+        assert storage._fast_history is not None
+        for minute, item in enumerate(["i1", "i2", "i3"]):
+            await storage.add_event(event("u1", item, f"k{minute}", minutes=minute))
+        direct = await storage.user_history("u1", 2)
+        reader, storage._fast_history = storage._fast_history, None
+        through_sqlalchemy = await storage.user_history("u1", 2)
+        assert direct == through_sqlalchemy
+        assert direct.items == ["i2", "i3"]
+        assert direct.version == 3
+        assert await storage.user_history("nobody", 5) == (
+            await _with(storage, reader, lambda: storage.user_history("nobody", 5))
+        )
+
+        calls: list[str] = []
+
+        class Broken(database._SqliteHistoryReader):
+            def _connection(self):  # type: ignore[override]
+                calls.append("direct")
+                raise database.sqlite3.OperationalError("database is locked")
+
+        storage._fast_history = Broken(str(path), 20)
+        assert await storage.user_history("u1", 2) == direct
+        assert calls == ["direct"]
+
+    backend.run(body)
+
+
+async def _with(storage, reader, read):
+    previous, storage._fast_history = storage._fast_history, reader
+    try:
+        return await read()
+    finally:
+        storage._fast_history = previous
