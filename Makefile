@@ -48,8 +48,10 @@ lint: $(VENV)/.installed-dev
 bench-tiny: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/quality.py --tiny --output-dir $(VENV)/bench-tiny
 	$(BIN)/python benchmarks/speed.py --tiny --output $(VENV)/bench-tiny/speed.json
+	$(BIN)/python benchmarks/distributed.py --tiny --output $(VENV)/bench-tiny/distributed.json
 	$(BIN)/python benchmarks/serving.py --tiny --output $(VENV)/bench-tiny/serving.json
 	$(BIN)/python benchmarks/soak.py --tiny --output $(VENV)/bench-tiny/soak.json
+	$(BIN)/python benchmarks/plots.py --output-dir $(VENV)/bench-tiny/plots
 
 # The full benchmarks (long: run on demand, with nothing else running).
 # DATA_ROOT is the folder holding amazon-beauty/, ml-100k/, ...

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
@@ -39,6 +38,9 @@ app.add_typer(db_app, name="db")
 token_app = typer.Typer(help="Mint JWT bearer tokens for development and tests.",
                         no_args_is_help=True)  # fmt: skip
 app.add_typer(token_app, name="token")
+registry_app = typer.Typer(help="List a model's versions, promote one to serve, roll back.",
+                           no_args_is_help=True)  # fmt: skip
+app.add_typer(registry_app, name="registry")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep and logs
@@ -70,9 +72,31 @@ SetOpt = Annotated[
 ModelOpt = Annotated[
     Path,
     typer.Option(
-        "--model", "-m", help="An artefact version folder, or a model folder (newest version)."
+        "--model",
+        "-m",
+        help="An artefact version folder, or a model folder (its promoted version, else the "
+        "newest).",
     ),
 ]
+SourceOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Interactions: MovieLens u.data / ratings.dat / ratings.csv, an S3-Rec or SASRec "
+        ".txt file, a CSV/Parquet file with user,item[,timestamp], or a folder holding one. "
+        "Or use --from-db.",
+    ),
+]
+FromDbOpt = Annotated[
+    bool,
+    typer.Option(
+        "--from-db",
+        help="Read the interactions from the service's event table (see --database-url) "
+        "instead of --data; dismissals are left out, as the service leaves them out of "
+        "histories.",
+    ),
+]
+MIN_TRAINING_EVENTS = 100
 
 
 @contextmanager
@@ -106,6 +130,77 @@ def _load_data(data: Path, fmt: str, config: ExperimentConfig) -> Any:
     from moerec.data.dataset import load_dataset
 
     return load_dataset(data, config.data, format=None if fmt == "auto" else fmt)
+
+
+def _load_source(
+    data: Path | None,
+    fmt: str,
+    from_db: bool,
+    database_url: str | None,
+    config: ExperimentConfig,
+    min_events: int = 0,
+    progress: bool = False,
+) -> Any:
+    """The data set from ``--data FILE`` or, with ``--from-db``, from the event table; both
+    go through the same filtering, encoding and split (``dataset_from_interactions``)."""
+    if from_db and data is not None:
+        raise MoerecError("give either --data FILE or --from-db (the service's events), not both")
+    if data is not None:
+        if database_url is not None:
+            raise MoerecError("--database-url goes with --from-db; with --data the file is read")
+        return _load_data(data, fmt, config)
+    if not from_db:
+        raise MoerecError(
+            "no interactions given: add --data FILE, or --from-db to read the service's event "
+            "table (--database-url, default $MOEREC_DATABASE_URL)"
+        )
+    if fmt != "auto":
+        raise MoerecError("--format applies to --data files, not to --from-db")
+    return _load_events(_database_url(database_url), config, min_events, progress)
+
+
+def _database_url(option: str | None) -> str:
+    """--database-url, else $MOEREC_DATABASE_URL, else the embedded default.
+
+    Reading events needs no signing key: the JWT settings are not checked here.
+    """
+    from moerec.config import load_service_settings
+
+    return load_service_settings(database_url=option, mode="development").database_url
+
+
+def _load_events(url: str, config: ExperimentConfig, min_events: int, progress: bool) -> Any:
+    import asyncio
+
+    from moerec.data.dataset import dataset_from_interactions
+    from moerec.storage import Storage
+    from moerec.storage.export import event_interactions
+
+    async def read() -> Any:
+        async with Storage(url) as storage:
+            _require_database_file(storage)
+            await storage.ensure_migrated()
+            return await event_interactions(storage, progress=progress)
+
+    interactions = asyncio.run(read())
+    if len(interactions) < min_events:
+        raise MoerecError(
+            f"{interactions.source} holds {len(interactions):,} usable events (dismissals left "
+            f"out); training needs at least {min_events:,} (--min-events). Let the service "
+            "collect more, or load a data set with `moerec db import`"
+        )
+    return dataset_from_interactions(interactions, config.data)
+
+
+def _require_database_file(storage: Any) -> None:
+    """An SQLite path that does not exist is a typo, not an empty database to create."""
+    database = storage.url.database or ""
+    plain_file = database not in ("", ":memory:") and not database.startswith("file:")
+    if storage.is_sqlite and plain_file and not Path(database).is_file():
+        raise MoerecError(
+            f"{database}: no such database file; pass the service's database with "
+            "--database-url (or set MOEREC_DATABASE_URL)"
+        )
 
 
 # --------------------------------------------------------------------------- data
@@ -146,8 +241,13 @@ def data_synth(
 
 @app.command()
 def train(
-    data: DataOpt,
+    data: SourceOpt = None,
     fmt: FormatOpt = "auto",
+    from_db: FromDbOpt = False,
+    database_url: DatabaseOpt = None,
+    min_events: Annotated[
+        int, typer.Option("--min-events", min=1, help="With --from-db: fewest events to train on.")
+    ] = MIN_TRAINING_EVENTS,
     config: ConfigOpt = None,
     variant: Annotated[
         str | None,
@@ -164,16 +264,29 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from the run's checkpoint.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Train a model, evaluate it (full ranking) and save it as a new registry version."""
+    """Train a model, evaluate it (full ranking) and save it as a new registry version.
+
+    The interactions come from a file (--data) or from the service's own event table
+    (--from-db), which closes the feedback loop: promote the new version with
+    `moerec registry promote`.
+
+    Data-parallel on several processes or machines: `torchrun --nproc_per_node N -m moerec
+    train …` (train.batch_size is then the global batch; rank 0 logs and saves the model).
+    """
     from moerec.registry import save_artefact
     from moerec.training import train as run_training
+    from moerec.training.distributed import distributed_session
 
-    with user_errors():
+    with user_errors(), distributed_session() as ctx:
         cfg = _experiment(config, overrides, variant)
-        dataset = _load_data(data, fmt, cfg)
+        dataset = _load_source(
+            data, fmt, from_db, database_url, cfg, min_events=min_events,
+            progress=not quiet and ctx.is_main,
+        )  # fmt: skip
         model_name = name or cfg.name
         run_dir = run_dir or Path("runs") / f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        err.print(f"training {cfg.variant} on {dataset.source}: {_brief(dataset.stats())}")
+        if ctx.is_main:
+            err.print(f"training {cfg.variant} on {dataset.source}: {_brief(dataset.stats())}")
         try:
             result = run_training(
                 dataset,
@@ -182,10 +295,13 @@ def train(
                 progress=not quiet,
                 resume=resume,
                 on_epoch=None if quiet else _print_epoch,
+                distributed=ctx,
             )
         except KeyboardInterrupt:
             err.print(f"interrupted; continue with: moerec train … --run-dir {run_dir} --resume")
             raise typer.Exit(130) from None
+        if not ctx.is_main:  # rank 0 saves the model and reports
+            return
         path = save_artefact(
             registry,
             model_name,
@@ -291,45 +407,74 @@ def _matching_data(data: Path, fmt: str, artefact: Any) -> Any:
 @app.command()
 def recommend(
     model: ModelOpt,
-    data: DataOpt,
+    data: SourceOpt = None,
     fmt: FormatOpt = "auto",
+    from_db: FromDbOpt = False,
+    database_url: DatabaseOpt = None,
     user: Annotated[
         list[str] | None, typer.Option("--user", "-u", help="User id (repeatable).")
     ] = None,
     k: Annotated[int, typer.Option("-k", min=1, max=1000, help="How many items.")] = 10,
-    all_users: Annotated[bool, typer.Option("--all-users", help="Every user, to a CSV.")] = False,
+    all_users: Annotated[
+        bool, typer.Option("--all-users", help="Every user, written to --output.")
+    ] = False,
     split: Annotated[
         str, typer.Option(help="History to use: full (all items), valid or test (leave-one-out).")
     ] = "full",
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="CSV for --all-users.")
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="File for --all-users: .csv or .parquet (user,rank,item,score rows) or .jsonl "
+            "(one user per line).",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Top-K items for some users (printed) or for every user (user,rank,item,score CSV)."""
+    """Top-K items for some users (printed) or for every user (written to a file as it goes).
+
+    Histories come from a file (--data) or from the service's event table (--from-db).
+    """
     from moerec.data.titles import read_item_titles
     from moerec.inference import Predictor
+    from moerec.inference.export import export_format
 
     with user_errors():
         if split not in ("full", "valid", "test"):
             raise MoerecError(f"--split must be full, valid or test, got {split!r}")
         if all_users == bool(user):
             raise MoerecError("give either --user ID (one or more) or --all-users --output FILE")
-        predictor = Predictor.from_path(model)
-        dataset = _load_data(data, fmt, predictor.artefact.config)
-        histories = _histories(dataset, split)
         if all_users:
             if output is None:
-                raise MoerecError("--all-users writes a CSV: add --output FILE.csv")
-            written = _export_all(predictor, dataset, histories, k, output)
-            out.print(f"wrote {written:,} rows for {len(histories):,} users to {output}")
+                raise MoerecError(
+                    "--all-users writes a file: add --output FILE (.csv, .parquet or .jsonl)"
+                )
+            export_format(output)  # a wrong suffix fails before any work
+        predictor = Predictor.from_path(model)
+        dataset = _load_source(
+            data, fmt, from_db, database_url, predictor.artefact.config, progress=not quiet
+        )
+        histories = _histories(dataset, split)
+        if all_users and output is not None:
+            report = _export_all(predictor, dataset, histories, k, output, progress=not quiet)
+            skipped = (
+                f" ({report.skipped:,} skipped: no item the model knows)" if report.skipped else ""
+            )
+            out.print(
+                f"wrote {report.rows:,} rows for {report.users:,} users to {output}{skipped}",
+                highlight=False,
+                soft_wrap=True,
+            )
             return
-        titles = read_item_titles(Path(data))
+        titles = read_item_titles(Path(data)) if data is not None else {}
+        source = data if data is not None else dataset.source
         results = []
         for raw_user in user or []:
             index = dataset.vocab.user_index(raw_user)
             if index is None or index not in histories:
-                raise MoerecError(f"user {raw_user!r} has no {split} history in {data}")
+                raise MoerecError(f"user {raw_user!r} has no {split} history in {source}")
             raw_items = dataset.vocab.decode_items(histories[index].tolist())
             encoded, _unknown = predictor.encode(raw_items)
             rec = predictor.recommend([encoded], k=k)[0]
@@ -363,34 +508,29 @@ def _histories(dataset: Any, split: str) -> dict[int, Any]:
 
 
 def _export_all(
-    predictor: Any, dataset: Any, histories: dict[int, Any], k: int, output: Path
-) -> int:
-    """Batch recommendations for offline use; histories are re-encoded with the model's vocab."""
-    from tqdm import tqdm
+    predictor: Any,
+    dataset: Any,
+    histories: dict[int, Any],
+    k: int,
+    output: Path,
+    progress: bool = False,
+) -> Any:
+    """Batch recommendations for offline use; histories are re-encoded with the model's vocab
+    when the data's catalogue differs (new items are dropped, a user with none left skipped)."""
+    from moerec.inference.export import export_recommendations
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    users = list(histories)
     same_vocab = dataset.vocab.item_ids == predictor.vocab.item_ids
-    rows = 0
-    with output.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["user", "rank", "item", "score"])
-        for start in tqdm(range(0, len(users), 512), desc="recommend", unit="batch", leave=False):
-            batch = users[start : start + 512]
-            encoded = [
-                histories[u]
-                if same_vocab
-                else predictor.encode(dataset.vocab.decode_items(histories[u].tolist()))[0]
-                for u in batch
-            ]
-            keep = [i for i, h in enumerate(encoded) if len(h)]
-            recs = predictor.recommend([encoded[i] for i in keep], k=k)
-            for i, rec in zip(keep, recs, strict=True):
-                raw_user = dataset.vocab.user_ids[batch[i]]
-                for rank, (item, score) in enumerate(zip(rec.items, rec.scores, strict=True), 1):
-                    writer.writerow([raw_user, rank, item, f"{score:.6f}"])
-                    rows += 1
-    return rows
+    user_ids = dataset.vocab.user_ids
+
+    def pairs() -> Iterator[tuple[str, Any]]:
+        for u, history in histories.items():
+            if not same_vocab:
+                history = predictor.encode(dataset.vocab.decode_items(history.tolist()))[0]
+            yield user_ids[u], history
+
+    return export_recommendations(
+        predictor, pairs(), output, k=k, total=len(histories), progress=progress
+    )
 
 
 def print_recommendation(user: str, history: list[str], rec: Any, titles: dict[str, str]) -> None:
@@ -606,7 +746,10 @@ def serve(
     model: Annotated[
         Path | None,
         typer.Option(
-            "--model", "-m", help="Model folder (newest version) or version folder to serve."
+            "--model",
+            "-m",
+            help="Model folder (its promoted version, else the newest; promotions are followed) "
+            "or version folder to serve.",
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -750,6 +893,126 @@ def db_import(
         out.print(
             f"imported {report.items:,} items, {report.users:,} users, "
             f"{report.events:,} events ({report.skipped:,} already present)"
+        )
+
+
+# --------------------------------------------------------------------------- registry
+
+ModelDirArg = Annotated[
+    Path,
+    typer.Argument(
+        help="A model folder: the one holding v0001, v0002, … (e.g. models/NAME).",
+        show_default=False,
+    ),
+]
+
+
+@registry_app.command("list")
+def registry_list(
+    model_dir: ModelDirArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """A model's versions: when each was created, its metrics, and which one is served."""
+    from moerec.registry import list_promotions
+
+    with user_errors():
+        infos = list_promotions(model_dir)
+        if not infos:
+            raise MoerecError(f"{model_dir}: no model versions here (expected folders v0001, …)")
+        if as_json:
+            out.print_json(
+                json.dumps(
+                    [
+                        {
+                            "version": i.name,
+                            "path": str(i.path),
+                            "created_at": i.created_at,
+                            "promoted": i.promoted,
+                            "served": i.served,
+                            "metrics": i.metrics,
+                            "problem": i.problem,
+                        }
+                        for i in infos
+                    ]
+                )
+            )
+            return
+        table = Table(title=str(model_dir))
+        for column in ("version", "created (UTC)", "valid ndcg@10", "test ndcg@10", "test hr@10"):
+            table.add_column(column, justify="left" if column[0] in "vc" else "right")
+        table.add_column("status")
+        for i in infos:
+            status = "promoted, served" if i.promoted else "served (newest)" if i.served else ""
+            if i.problem:
+                status = ", ".join(filter(None, ["[red]unreadable[/]", status]))
+            table.add_row(
+                i.name,
+                i.created_at or "",
+                _metric(i.metrics, "valid", "ndcg@10"),
+                _metric(i.metrics, "test", "ndcg@10"),
+                _metric(i.metrics, "test", "hr@10"),
+                status,
+            )
+        out.print(table)
+        for i in infos:
+            if i.problem:
+                err.print(f"{i.name}: {i.problem}", highlight=False)
+        if not any(i.promoted for i in infos):
+            out.print(
+                "nothing promoted: a service serves the newest version; choose one with "
+                f"`moerec registry promote {model_dir} VERSION`",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
+def _metric(metrics: dict[str, Any], split: str, key: str) -> str:
+    value = metrics.get(split, {}).get(key) if isinstance(metrics.get(split), dict) else None
+    return f"{value:.4f}" if isinstance(value, int | float) else "–"
+
+
+@registry_app.command("promote")
+def registry_promote(
+    model_dir: ModelDirArg,
+    version: Annotated[
+        str,
+        typer.Argument(help="The version to serve: v0003, 3, or newest.", show_default=False),
+    ],
+) -> None:
+    """Verify a version and make it the one served (the model folder's PROMOTED pointer).
+
+    A service serving the folder loads it within MOEREC_MODEL_POLL_SECONDS, without a restart;
+    a broken artefact is refused here, before anything changes.
+    """
+    from moerec.registry import promote
+
+    with user_errors():
+        record = promote(model_dir, version)
+        if record.previous == record.version:
+            out.print(
+                f"{record.version} is already promoted in {model_dir} (pointer rewritten: a "
+                "service that refused it tries again)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            return
+        was = record.previous or "nothing promoted: the newest version"
+        out.print(
+            f"promoted {record.version} in {model_dir} (was {was})", highlight=False, soft_wrap=True
+        )
+
+
+@registry_app.command("rollback")
+def registry_rollback(model_dir: ModelDirArg) -> None:
+    """Promote again the version promoted before the current one (repeat to go further back)."""
+    from moerec.registry import rollback
+
+    with user_errors():
+        record = rollback(model_dir)
+        out.print(
+            f"rolled back {model_dir} from {record.previous} to {record.version}",
+            highlight=False,
+            soft_wrap=True,
         )
 
 

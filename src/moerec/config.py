@@ -235,7 +235,8 @@ class ServiceSettings(BaseSettings):
     )
     model_path: Path = Field(
         Path("models/demo"),
-        description="A model folder (its newest version is served) or one version folder.",
+        description="A model folder (its promoted version is served, else its newest) or one "
+        "version folder.",
     )
     database_url: str = Field(
         "sqlite+aiosqlite:///moerec.db",
@@ -286,6 +287,13 @@ class ServiceSettings(BaseSettings):
         True,
         description="Run forward passes in a child process, so they do not hold the GIL the "
         "request handling needs (false: in a thread of the serving process).",
+    )
+    model_poll_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="How often to check the model folder's PROMOTED pointer and load a newly "
+        "promoted version without a restart (0 = never; nothing to watch when model_path is "
+        "a version folder).",
     )
 
     log_level: str = Field("info", description="debug, info, warning or error.")

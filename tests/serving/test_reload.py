@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 
 import httpx
 import pytest
@@ -116,20 +117,30 @@ def test_reload_refuses_paths_outside_the_model_registry(reloadable, tmp_path):
     assert etc.status_code == 422
 
 
-def test_a_dead_model_process_means_fallback_answers_until_a_reload(reloadable, tiny_dataset):
+def test_a_dead_model_process_means_fallback_answers_until_it_is_restarted(
+    reloadable, tiny_dataset
+):
     user = str(tiny_dataset.vocab.user_ids[2])
     model = reloadable.services.models.current
     assert model.process is not None
     model.process._process.kill()  # a real crash of the model's process
     model.process._process.join(timeout=10)
+    body = {"user_id": user, "k": 5, "exclude": ["1"]}
     with reloadable.client(user) as http:
-        r = http.post("/v1/recommendations", json={"user_id": user, "k": 5, "exclude": ["1"]})
+        # Restarting takes seconds (a new process loads the model); until then: popularity.
+        r = http.post("/v1/recommendations", json=body)
         assert r.status_code == 200
         assert r.json()["fallback"] is True
-        with reloadable.client("ops", "admin") as admin:
-            assert (
-                admin.post("/v1/admin/model/reload", json={"path": str(model.path)}).status_code
-                == 200
-            )
-        r = http.post("/v1/recommendations", json={"user_id": user, "k": 5, "exclude": ["1"]})
+        deadline = time.monotonic() + 60
+        while reloadable.services.models.current is model and time.monotonic() < deadline:
+            time.sleep(0.05)  # the supervisor checks every second
+        restarted = reloadable.services.models.current
+        assert restarted is not model, "the dead model process was not restarted"
+        assert restarted.process is not None
+        assert restarted.process.alive
+        assert restarted.version == model.version  # the same artefact again
+        r = http.post("/v1/recommendations", json=body)
     assert r.json()["fallback"] is False
+    with reloadable.client("ops", "admin") as admin:
+        metrics = admin.get("/metrics").text
+    assert 'moerec_model_reloads_total{outcome="restarted"} 1.0' in metrics

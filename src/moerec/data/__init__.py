@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from moerec.data.dataset import Dataset, dataset_from_interactions, load_dataset
 from moerec.data.errors import DataError, DataFormatError, UnknownIdError
+from moerec.data.events import InteractionsBuilder
 from moerec.data.interactions import Interactions
 from moerec.data.preprocess import filter_min_rating, k_core
 from moerec.data.readers import FORMATS, detect_format, read_interactions
@@ -29,6 +30,7 @@ __all__ = [
     "Dataset",
     "EvalSet",
     "Interactions",
+    "InteractionsBuilder",
     "LeaveOneOutSplit",
     "Sequences",
     "UnknownIdError",

@@ -50,12 +50,13 @@ def evaluate(
     model.eval()
     routing = RoutingSummary()
     offsets, items = eval_set.histories.offsets, eval_set.histories.items
+    device = model.item_embedding.weight.device  # a GPU under torchrun with nccl
 
     def score(rows: np.ndarray) -> torch.Tensor:
-        seq = left_pad(offsets, items, rows, model.config.max_len)
-        user_hidden, out = model.encode_users(torch.from_numpy(trim_padding(seq)))  # (B, D)
+        seq = torch.from_numpy(trim_padding(left_pad(offsets, items, rows, model.config.max_len)))
+        user_hidden, out = model.encode_users(seq.to(device))  # (B, D)
         routing.add(out.routing)
-        return model.score(user_hidden)  # (B, V)
+        return model.score(user_hidden).cpu()  # (B, V); ranking happens on the CPU
 
     try:
         return rank_eval_set(eval_set, model.config.num_items, score, settings, routing)

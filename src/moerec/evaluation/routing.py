@@ -51,10 +51,11 @@ class RoutingSummary:
     def add(self, stats: list[RoutingStats]) -> None:
         if not self.layers:
             self.layers = [
-                LayerRouting(expert_counts=torch.zeros_like(s.expert_counts)) for s in stats
+                LayerRouting(expert_counts=torch.zeros_like(s.expert_counts, device="cpu"))
+                for s in stats
             ]
         for layer, s in zip(self.layers, stats, strict=True):
-            layer.expert_counts += s.expert_counts
+            layer.expert_counts += s.expert_counts.cpu()  # totals on the CPU, like the metrics
             layer.tokens += s.num_tokens
             layer.slots += s.num_slots
             layer.dropped += int(s.dropped_slots)

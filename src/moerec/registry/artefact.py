@@ -5,6 +5,7 @@
         vocab.json          raw item and user ids, in encoded order
         manifest.json       format, config, metrics, data fingerprint, sha256 of each file
         manifest.sha256     sha256 of manifest.json
+    <registry>/<name>/PROMOTED   the version to serve, when one was promoted (promotion.py)
 
 Loading verifies every checksum before reading a byte of weights: a corrupted or edited file
 (the manifest included) is refused with a message that says which file and what to do. The
@@ -33,6 +34,7 @@ from moerec import MoerecError
 from moerec.config import ExperimentConfig
 from moerec.data.vocab import Vocabulary
 from moerec.model import SequentialRecommender
+from moerec.registry.pointer import POINTER, VERSION_NAME, PointerError, read_pointer
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -40,7 +42,6 @@ VOCAB = "vocab.json"
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.sha256"
 PAYLOAD = frozenset({WEIGHTS, VOCAB})
-_VERSION_DIR = re.compile(r"^v(\d{4,})$")
 
 
 class ArtefactError(MoerecError):
@@ -72,15 +73,28 @@ def list_versions(model_dir: Path) -> list[Path]:
     """Version directories of one model name, oldest first."""
     if not model_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in model_dir.iterdir() if (m := _VERSION_DIR.match(p.name))]
+    found = [(int(m.group(1)), p) for p in model_dir.iterdir() if (m := VERSION_NAME.match(p.name))]
     return [p for _, p in sorted(found)]
 
 
 def resolve_artefact(path: Path | str) -> Path:
-    """A version directory as given, or the newest version under a model-name directory."""
+    """A version directory as given; under a model-name directory, the version its
+    ``PROMOTED`` pointer names, else (nothing promoted) the newest version."""
     path = Path(path)
     if (path / MANIFEST).is_file():
         return path
+    try:
+        promoted = read_pointer(path)
+    except PointerError as exc:
+        raise ArtefactError(str(exc)) from None
+    if promoted is not None:
+        if not (path / promoted).is_dir():
+            raise ArtefactError(
+                f"{path / POINTER}: names {promoted}, which is not in {path}; promote an "
+                f"existing version with `moerec registry promote {path} VERSION` "
+                "(see `moerec registry list`)"
+            )
+        return path / promoted
     versions = list_versions(path)
     if versions:
         return versions[-1]
@@ -173,6 +187,12 @@ def load_artefact(path: Path | str) -> Artefact:
         raise ArtefactError(f"{path}: cannot rebuild the model from this artefact: {exc}") from None
     model.eval()
     return Artefact(path=path, model=model, config=config, vocab=vocab, manifest=manifest)
+
+
+def read_manifest(path: Path | str) -> dict[str, Any]:
+    """The manifest of a version folder, its own checksum verified (not the payload's): cheap
+    enough to list every version, see :func:`load_artefact` for a full verification."""
+    return _read_manifest(Path(path))
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

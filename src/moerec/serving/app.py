@@ -2,7 +2,8 @@
 
 ``create_app(settings)`` wires the service: storage (SQLite by default, PostgreSQL in
 production), cache and rate limiter (Redis when configured, else in-process), token verifier,
-metrics, the model slot with its micro-batcher, the popularity fallback and the audit trail.
+metrics, the model slot with its micro-batcher (and the watcher that follows promotions),
+the popularity fallback and the audit trail.
 The lifespan builds them once and closes them in reverse order.
 """
 
@@ -21,7 +22,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from moerec.config import ServiceSettings
-from moerec.serving.audit import AuditTrail
+from moerec.serving.audit import AuditEntry, AuditTrail
 from moerec.serving.auth import TokenVerifier
 from moerec.serving.breaker import BreakerBoard, BreakerSettings, State
 from moerec.serving.errors import ApiError
@@ -29,6 +30,7 @@ from moerec.serving.fallback import PopularItems
 from moerec.serving.metrics import ServiceMetrics
 from moerec.serving.middleware import BodyTooLargeError, ServiceMiddleware
 from moerec.serving.model_slot import LoadedModel, ModelSlot
+from moerec.serving.model_watch import ModelWatcher, watchable
 from moerec.serving.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from moerec.serving.resilience import (
     CACHE,
@@ -185,9 +187,14 @@ async def _start_services(
         model_process=settings.model_process,
         torch_threads=settings.torch_threads,
     )
+    watcher = _model_watcher(settings, models, storage, metrics, audit)  # before the load
     await models.load()
     stack.push_async_callback(models.close)
+    models.supervise(on_restart=lambda _: metrics.model_reloads.labels("restarted").inc())
     await storage.ensure_catalogue(models.current.predictor.vocab.item_ids)
+    if watcher is not None:
+        watcher.start()
+        stack.push_async_callback(watcher.close)
     if replayer.pending:
         await replayer.replay_once()  # events accepted during an earlier outage
 
@@ -216,6 +223,37 @@ async def _start_services(
         HistoryCache(settings.history_cache_users),
         spool,
         replayer,
+    )
+
+
+def _model_watcher(
+    settings: ServiceSettings,
+    models: ModelSlot,
+    storage: Storage,
+    metrics: ServiceMetrics,
+    audit: AuditTrail,
+) -> ModelWatcher | None:
+    """Follow the model folder's promotions (none for one version folder, or when off)."""
+    if settings.model_poll_seconds <= 0 or not watchable(settings.model_path):
+        return None
+
+    def on_result(outcome: str, target: str, detail: str) -> None:
+        metrics.model_reloads.labels(outcome).inc()
+        audit.record(
+            AuditEntry(
+                actor="model-watch",
+                action="model.promoted",
+                outcome="ok" if outcome == "loaded" else outcome,
+                target=target,
+                detail={"note": detail},
+            )
+        )
+
+    async def after_load(model: LoadedModel) -> None:  # items the new model may recommend
+        await storage.ensure_catalogue(model.predictor.vocab.item_ids)
+
+    return ModelWatcher(
+        models, settings.model_path, settings.model_poll_seconds, on_result, after_load
     )
 
 

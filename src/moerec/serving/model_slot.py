@@ -4,12 +4,14 @@ A request takes ``slot.current`` once and uses that ``LoadedModel`` to the end, 
 never mixes two versions in one answer. A reload loads and verifies the new artefact off the
 event loop, warms it up with one forward pass, then swaps the reference in a single assignment;
 the old model's batcher drains the requests it already accepted before it stops. A bad artefact
-raises before the swap, so the old model keeps serving.
+raises before the swap, so the old model keeps serving. A model process that dies is
+restarted by ``supervise`` (a reload of the same artefact).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +23,8 @@ from moerec.inference import BatchReport, MicroBatcher, Predictor, PredictorProc
 from moerec.registry import resolve_artefact
 
 log = logging.getLogger("moerec.serving")
+
+SUPERVISE_SECONDS = 1.0  # how often a dead model process is looked for
 
 
 @dataclass
@@ -88,6 +92,7 @@ class ModelSlot:
         self.on_load = on_load
         self._current: LoadedModel | None = None
         self._lock = asyncio.Lock()
+        self._supervisor: asyncio.Task[None] | None = None
 
     @property
     def current(self) -> LoadedModel:
@@ -100,7 +105,8 @@ class ModelSlot:
         return self._current is not None
 
     async def load(self, path: Path | None = None) -> LoadedModel:
-        """Load ``path`` (default: the newest version under the configured source) and serve it.
+        """Load ``path`` (default: what the configured source resolves to, its promoted version
+        or else its newest) and serve it.
 
         Raises ``ArtefactError``/``MoerecError`` (nothing changes) when the artefact is bad.
         """
@@ -130,7 +136,38 @@ class ModelSlot:
             await old.close()
         return new
 
+    def supervise(self, on_restart: Callable[[LoadedModel], None] | None = None) -> None:
+        """Watch the model process and restart it (the same artefact) if it dies.
+
+        Until the restart has loaded, requests get the popularity fallback; a restart that
+        fails is tried again at the next check.
+        """
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(
+                self._supervise(on_restart), name="moerec-model-supervisor"
+            )
+
+    async def _supervise(self, on_restart: Callable[[LoadedModel], None] | None) -> None:
+        while True:
+            await asyncio.sleep(SUPERVISE_SECONDS)
+            current = self._current
+            if current is None or current.process is None or current.process.alive:
+                continue
+            log.error("the model process died; restarting it", extra={"path": str(current.path)})
+            try:
+                restarted = await self.load(current.path)
+            except Exception:
+                log.exception("restarting the model process failed; trying again")
+                continue
+            if on_restart is not None:
+                on_restart(restarted)
+
     async def close(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
         if self._current is not None:
             await self._current.close()
             self._current = None

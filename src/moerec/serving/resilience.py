@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -80,7 +81,18 @@ class HistoryCache:
     def remember(self, history: UserHistory) -> None:
         if self.max_users == 0:
             return
-        self._entries[history.user_id] = history
+        known = self._entries.get(history.user_id)
+        if known is None or not _same(known, history):
+            # Every read brings fresh string objects; kept as they are, a cache of tens of
+            # thousands of users holds a copy of the same item ids per user and event. Interned,
+            # each distinct id (and event type) is stored once, shared with every other entry.
+            self._entries[history.user_id] = UserHistory(
+                history.user_id,
+                [sys.intern(item) for item in history.items],
+                [sys.intern(kind) for kind in history.event_types],
+                history.version,
+                history.known,
+            )
         self._entries.move_to_end(history.user_id)
         while len(self._entries) > self.max_users:
             self._entries.popitem(last=False)
@@ -101,6 +113,11 @@ class HistoryCache:
         )
         self.remember(updated)
         return updated
+
+
+def _same(known: UserHistory, read: UserHistory) -> bool:
+    """Same version, same window: nothing new to store."""
+    return known.version == read.version and len(known.items) == len(read.items)
 
 
 class FailoverRateLimiter:

@@ -22,7 +22,7 @@ import asyncio
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
@@ -76,6 +76,7 @@ DEFAULT_TIMEOUT = 5.0  # seconds: connect, statement (PostgreSQL), pool checkout
 # How long a synchronous SQLite history read may wait on a busy database before it hands over
 # to the async path (it runs on the event loop, so it must stay short).
 SQLITE_FAST_BUSY_MS = 20
+SQLITE_POOL_SIZE = 4  # pooled aiosqlite connections (threads) of the embedded backend
 
 
 # --------------------------------------------------------------------------- records
@@ -461,10 +462,13 @@ class Storage:
             # Every aiosqlite connection is a thread of its own: overflow connections, opened
             # and closed per burst, cost a thread start and the pragmas each time. A fixed pool
             # (callers wait for a free connection instead) is several times cheaper under load.
+            # A small one: SQLite runs one writer at a time, history reads take the direct
+            # path, and every pooled connection keeps its own page cache (a few MB once a
+            # popularity refresh has scanned the event table through it).
             self._engine = create_async_engine(
                 self.url,
                 echo=echo,
-                pool_size=pool_size + max_overflow,
+                pool_size=min(pool_size + max_overflow, SQLITE_POOL_SIZE),
                 max_overflow=0,
                 pool_timeout=timeout,
             )
@@ -803,21 +807,21 @@ class Storage:
                 return found.first() is not None
 
     async def iter_events(
-        self, batch_size: int = 10_000
-    ) -> AsyncIterator[tuple[str, str, datetime]]:
+        self, batch_size: int = 10_000, exclude_types: Collection[str] = ()
+    ) -> AsyncGenerator[tuple[str, str, datetime], None]:
         """Every ``(user_id, item_id, occurred_at)`` in arrival (id) order, streamed.
 
         A server-side cursor fetches ``batch_size`` rows at a time, so retraining from a table
-        of millions of events needs constant memory. Close it early with
-        ``contextlib.aclosing`` to release the connection at once.
+        of millions of events needs constant memory. Events of ``exclude_types`` are left out
+        (retraining passes ``NEGATIVE_EVENT_TYPES``: a dismissal is not part of a history).
+        Close it early with ``contextlib.aclosing`` to release the connection at once.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        statement = (
-            select(events.c.user_id, events.c.item_id, events.c.occurred_at)
-            .order_by(events.c.id)
-            .execution_options(yield_per=batch_size)
-        )
+        statement = select(events.c.user_id, events.c.item_id, events.c.occurred_at)
+        if exclude_types:
+            statement = statement.where(events.c.event_type.not_in(list(exclude_types)))
+        statement = statement.order_by(events.c.id).execution_options(yield_per=batch_size)
         with translated("streaming events"):
             async with self._engine.connect() as connection:
                 result = await connection.stream(statement)

@@ -1,5 +1,6 @@
 """Training: full-catalogue cross-entropy + router losses, early stopping, run logs and plots."""
 
+from moerec.training.distributed import DistContext, DistributedError, distributed_session
 from moerec.training.trainer import (
     TrainingDivergedError,
     TrainingError,
@@ -11,9 +12,12 @@ from moerec.training.trainer import (
 )
 
 __all__ = [
+    "DistContext",
+    "DistributedError",
     "TrainResult",
     "TrainingDivergedError",
     "TrainingError",
+    "distributed_session",
     "seed_everything",
     "sequence_loss",
     "train",

@@ -3,6 +3,10 @@
 One epoch = every user's training sequence once, in a seeded random order. Validation NDCG@10
 picks the best epoch and stops training after ``patience`` epochs without improvement; the
 best weights are restored before the final validation and test evaluations.
+
+Under torchrun the same loop runs in every process (see ``distributed``): each takes its share
+of every global batch, DistributedDataParallel averages the gradients, and rank 0 alone
+validates, checkpoints, logs and decides when to stop.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from moerec import MoerecError
@@ -29,6 +33,7 @@ from moerec.data.dataset import Dataset
 from moerec.data.sequences import Sequences
 from moerec.evaluation import EvaluationResult, RoutingSummary, evaluate
 from moerec.model import SequentialRecommender
+from moerec.training.distributed import SINGLE_PROCESS, DistContext, reduce_routing
 from moerec.training.optim import build_optimizer, build_scheduler
 from moerec.training.runlog import RunLog, plot_run
 
@@ -82,18 +87,35 @@ def trainable_users(train: Sequences) -> np.ndarray:
 def training_batches(
     train: Sequences, users: np.ndarray, max_len: int, batch_size: int, rng: np.random.Generator
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Shuffled (inputs, targets) batches: targets are the inputs shifted by one item.
+    """Shuffled (inputs, targets) batches: targets are the inputs shifted by one item."""
+    for rows in global_batches(users, batch_size, rng):
+        yield batch_tensors(train, rows, max_len)
+
+
+def global_batches(
+    users: np.ndarray, batch_size: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """One epoch's batches of training-sequence rows, in a fresh seeded order. -> (B,) each."""
+    order = rng.permutation(users)
+    for start in range(0, order.shape[0], batch_size):
+        yield order[start : start + batch_size]
+
+
+def batch_tensors(train: Sequences, rows: np.ndarray, max_len: int) -> tuple[Tensor, Tensor]:
+    """(inputs, targets) of the given rows: targets are the inputs shifted by one item.
 
     Each row holds a user's last ``max_len + 1`` training items, left-padded:
     inputs = row[:-1], targets = row[1:]; positions whose input is padding are ignored.
     """
-    order = rng.permutation(users)
-    for start in range(0, order.shape[0], batch_size):
-        rows = order[start : start + batch_size]
-        window = torch.from_numpy(
-            trim_padding(left_pad(train.offsets, train.items, rows, max_len + 1))
-        )  # (B, ≤ L+1)
-        yield window[:, :-1], window[:, 1:]  # (B, L), (B, L)
+    window = torch.from_numpy(
+        trim_padding(left_pad(train.offsets, train.items, rows, max_len + 1))
+    )  # (B, ≤ L+1)
+    return window[:, :-1], window[:, 1:]  # (B, L), (B, L)
+
+
+def loss_positions(train: Sequences, max_len: int) -> np.ndarray:
+    """Positions that carry a loss in each row's training window. -> (U,)"""
+    return np.maximum(np.minimum(train.lengths, max_len + 1) - 1, 0)
 
 
 def sequence_loss(
@@ -108,18 +130,43 @@ def sequence_loss(
     return ce, out.aux_loss, out.routing
 
 
+class SequenceLoss(nn.Module):
+    """``sequence_loss`` as a module, so that DistributedDataParallel wraps the whole loss
+    computation, the output head tied to the item embeddings included."""
+
+    def __init__(self, model: SequentialRecommender) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, inputs: Tensor, targets: Tensor, label_smoothing: float
+    ) -> tuple[Tensor, Tensor, list[Any]]:
+        return sequence_loss(self.model, inputs, targets, label_smoothing)
+
+
 def train_step(
-    model: SequentialRecommender,
+    model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     inputs: Tensor,
     targets: Tensor,
     config: TrainConfig,
+    loss_weight: float = 1.0,
 ) -> tuple[Tensor, Tensor, list[Any]]:
-    """One optimisation step on one batch; returns (ce, aux, routing stats)."""
-    ce, aux, stats = sequence_loss(model, inputs, targets, config.label_smoothing)
+    """One optimisation step on one batch; returns (ce, aux, routing stats).
+
+    ``model`` is the recommender, or a ``SequenceLoss`` around it (in DistributedDataParallel
+    under torchrun); ``loss_weight`` scales this process's loss (see ``DistContext.shard``).
+    """
+    if isinstance(model, SequentialRecommender):
+        ce, aux, stats = sequence_loss(model, inputs, targets, config.label_smoothing)
+    else:
+        ce, aux, stats = model(inputs, targets, config.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
-    (ce + aux).backward()
+    loss = ce + aux
+    if loss_weight != 1.0:
+        loss = loss * loss_weight
+    loss.backward()
     if config.grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     optimizer.step()
@@ -134,14 +181,22 @@ def train(
     progress: bool = True,
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    distributed: DistContext | None = None,
 ) -> TrainResult:
-    """Train a model on ``dataset.split.train``; select and stop on validation NDCG@10."""
+    """Train a model on ``dataset.split.train``; select and stop on validation NDCG@10.
+
+    Under torchrun, pass ``distributed_session``'s context: ``train.batch_size`` is then the
+    global batch, shared by the processes; rank 0 alone validates, logs, checkpoints, shows
+    progress and calls ``on_epoch``, and every process returns rank 0's result.
+    """
+    ctx = distributed or SINGLE_PROCESS
     config = config.with_num_items(dataset.num_items)
     tc = config.train
+    ctx.local_batch_size(tc.batch_size)  # refuses a batch the processes cannot share evenly
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     rng = seed_everything(tc.seed)
-    model = SequentialRecommender(config.model)
+    model = SequentialRecommender(config.model).to(ctx.device)
     optimizer = build_optimizer(model, tc)
     users = trainable_users(dataset.split.train)
     if users.size == 0:
@@ -151,36 +206,32 @@ def train(
         )
     steps_per_epoch = -(-users.shape[0] // tc.batch_size)
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch * tc.epochs)
-    if resume and (run_dir is None or not (run_dir / CHECKPOINT_NAME).is_file()):
-        raise TrainingError(
-            f"nothing to resume: no {CHECKPOINT_NAME} in {run_dir}; "
-            "pass the --run-dir of the interrupted run"
-        )
-    log = RunLog(run_dir, append=resume) if run_dir is not None else None
+    saved = ctx.run_on_main(lambda: _read_checkpoint(run_dir)) if resume else None
+    log = RunLog(run_dir, append=resume) if run_dir is not None and ctx.is_main else None
     identity = _run_identity(config, dataset.fingerprint)
 
     state: dict[str, Any] = {
         "epoch": 0, "best_score": -1.0, "best_epoch": 0, "bad_epochs": 0, "train_seconds": 0.0,
     }  # fmt: skip
     best_weights = copy.deepcopy(model.state_dict())
-    if log is not None and resume:
-        best_weights = _load_checkpoint(
-            log.run_dir / CHECKPOINT_NAME, identity, model, optimizer, scheduler, state, rng
-        )
+    if saved is not None:  # every process restores rank 0's checkpoint
+        best_weights = _restore_checkpoint(saved, identity, model, optimizer, scheduler, state, rng)
     elif log is not None:
         log.write({"event": "start", "config": config.to_dict(), "data": dataset.stats()})
 
+    net = ctx.wrap(SequenceLoss(model))
     first_epoch = int(state["epoch"]) + 1
     if state["bad_epochs"] >= tc.patience:  # the run being resumed had already stopped
         first_epoch = tc.epochs + 1
     for epoch in range(first_epoch, tc.epochs + 1):
         started = time.perf_counter()
         record = _train_epoch(
-            model, optimizer, scheduler, dataset, config, users, rng, epoch, progress
-        )
+            net, optimizer, scheduler, dataset, config, users, rng, epoch,
+            progress and ctx.is_main, ctx,
+        )  # fmt: skip
         state["train_seconds"] += time.perf_counter() - started
         record["train_seconds"] = round(state["train_seconds"], 2)
-        if epoch % tc.eval_every == 0 or epoch == tc.epochs:
+        if ctx.is_main and (epoch % tc.eval_every == 0 or epoch == tc.epochs):
             valid = evaluate(model, dataset.split.valid, config.eval)
             record["valid"] = valid.metrics
             score = valid.metrics[SELECTION_METRIC]
@@ -196,34 +247,37 @@ def train(
                 identity, model, optimizer, scheduler, state, best_weights, rng,
             )  # fmt: skip
             log.write(record)
-        if on_epoch is not None:
+        if on_epoch is not None and ctx.is_main:
             on_epoch(record)
-        if state["bad_epochs"] >= tc.patience:
+        if ctx.decide(state["bad_epochs"] >= tc.patience):  # rank 0's decision, everywhere
             break
 
-    model.load_state_dict(best_weights)
-    model.eval()
-    valid = evaluate(model, dataset.split.valid, config.eval)
-    test = evaluate(model, dataset.split.test, config.eval)
-    result = TrainResult(
-        model=model,
-        config=config,
-        best_epoch=int(state["best_epoch"]),
-        epochs_run=int(state["epoch"]),
-        valid=valid,
-        test=test,
-        train_seconds=state["train_seconds"],
-        run_dir=run_dir,
-    )
-    if log is not None:
-        log.write({"event": "end", **result.metrics()})
-        plot_run(log.records, log.run_dir / "plots")
-        result.history = log.records
-    return result
+    def finish() -> TrainResult:
+        model.load_state_dict(best_weights)
+        model.eval()
+        valid = evaluate(model, dataset.split.valid, config.eval)
+        test = evaluate(model, dataset.split.test, config.eval)
+        result = TrainResult(
+            model=model.cpu(),
+            config=config,
+            best_epoch=int(state["best_epoch"]),
+            epochs_run=int(state["epoch"]),
+            valid=valid,
+            test=test,
+            train_seconds=state["train_seconds"],
+            run_dir=run_dir,
+        )
+        if log is not None:
+            log.write({"event": "end", **result.metrics()})
+            plot_run(log.records, log.run_dir / "plots")
+            result.history = log.records
+        return result
+
+    return ctx.run_on_main(finish)
 
 
 def _train_epoch(
-    model: SequentialRecommender,
+    net: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     dataset: Dataset,
@@ -232,34 +286,51 @@ def _train_epoch(
     rng: np.random.Generator,
     epoch: int,
     progress: bool,
+    ctx: DistContext,
 ) -> dict[str, Any]:
+    """One pass over the training sequences. Every process draws the same order (same seed,
+    same generator state) and trains on its share of each global batch; the returned loss
+    and routing statistics are the global batch's (summed over processes)."""
     tc = config.train
-    model.train()
+    train_set = dataset.split.train
+    positions = loss_positions(train_set, config.model.max_len)  # (U,)
+    net.train()
     routing = RoutingSummary()
-    total_ce = total_aux = 0.0
+    total_ce = total_aux = shown = 0.0
     batches = 0
     steps = -(-users.shape[0] // tc.batch_size)
     bar = tqdm(
-        training_batches(dataset.split.train, users, config.model.max_len, tc.batch_size, rng),
+        global_batches(users, tc.batch_size, rng),
         total=steps,
         desc=f"epoch {epoch}",
         unit="batch",
         disable=not progress,
         leave=False,
     )
-    for inputs, targets in bar:
-        ce, aux, stats = train_step(model, optimizer, scheduler, inputs, targets, tc)
+    for rows in bar:
+        shard = ctx.shard(rows, positions[rows])
+        inputs, targets = batch_tensors(train_set, shard.rows, config.model.max_len)
+        ce, aux, stats = train_step(
+            net, optimizer, scheduler, inputs.to(ctx.device), targets.to(ctx.device), tc,
+            loss_weight=shard.loss_weight,
+        )  # fmt: skip
         loss = ce.item()
         if not math.isfinite(loss):
             raise TrainingDivergedError(
                 f"training diverged: the loss became {loss} in epoch {epoch}, batch "
                 f"{batches + 1}; lower train.learning_rate or set train.grad_clip"
             )
-        routing.add(stats)
-        total_ce += loss
-        total_aux += aux.item()
+        if not shard.stand_in:
+            routing.add(stats)
+        share = shard.loss_weight / ctx.world_size  # this process's part of the batch mean
+        total_ce += loss * share
+        total_aux += aux.item() * share
+        shown += loss
         batches += 1
-        bar.set_postfix(loss=f"{total_ce / batches:.4f}")
+        bar.set_postfix(loss=f"{shown / batches:.4f}")
+    total_ce, total_aux = ctx.all_reduce_sum([total_ce, total_aux])
+    moe_layers = config.model.num_layers if config.model.is_moe else 0
+    routing = reduce_routing(routing, ctx, moe_layers, config.model.moe_num_experts)
     return {
         "event": "epoch",
         "epoch": epoch,
@@ -306,8 +377,25 @@ def _save_checkpoint(
     tmp.replace(path)
 
 
-def _load_checkpoint(
-    path: Path,
+def _read_checkpoint(run_dir: Path | None) -> dict[str, Any]:
+    """The run's checkpoint, its tensors on the CPU (``_restore_checkpoint`` places them)."""
+    path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
+    if path is None or not path.is_file():
+        raise TrainingError(
+            f"nothing to resume: no {CHECKPOINT_NAME} in {run_dir}; "
+            "pass the --run-dir of the interrupted run"
+        )
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a damaged pickle/zip
+        raise TrainingError(f"{path}: unreadable checkpoint ({exc}); start a new run") from None
+    if not isinstance(saved, dict):
+        raise TrainingError(f"{path}: not a moerec checkpoint; start a new run")
+    return {**saved, "path": str(path)}
+
+
+def _restore_checkpoint(
+    saved: dict[str, Any],
     identity: dict[str, Any],
     model: SequentialRecommender,
     optimizer: torch.optim.Optimizer,
@@ -315,14 +403,10 @@ def _load_checkpoint(
     state: dict[str, Any],
     rng: np.random.Generator,
 ) -> dict[str, Tensor]:
-    try:
-        saved = torch.load(path, weights_only=False)
-    except Exception as exc:  # torch raises many types for a damaged pickle/zip
-        raise TrainingError(f"{path}: unreadable checkpoint ({exc}); start a new run") from None
     if saved.get("identity") != identity:
         raise TrainingError(
-            f"{path}: this checkpoint was made with another model/training config or other "
-            "data; resume with the same settings (only epochs and patience may change)"
+            f"{saved['path']}: this checkpoint was made with another model/training config or "
+            "other data; resume with the same settings (only epochs and patience may change)"
         )
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])

@@ -1,0 +1,114 @@
+"""benchmarks/plots.py draws valid, deterministic PNGs from the committed results, and the
+benchmarks page shows exactly those figures, from files that exist."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "plots.py"
+DOCS = ROOT / "docs" / "benchmarks.md"
+IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
+
+
+@functools.cache
+def plots_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("benchmark_plots", SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # @dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def section(text: str, plots: ModuleType) -> str:
+    begin, end = text.find(plots.DOCS_BEGIN), text.find(plots.DOCS_END)
+    assert begin != -1, "no plots section"
+    assert end > begin, "the plots section is not closed"
+    return text[begin : end + len(plots.DOCS_END)]
+
+
+def run(output_dir: Path, *extra: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--output-dir", str(output_dir), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> Path:
+    """plots.py run on the committed results, with a copy of the page next to its img/."""
+    root = tmp_path_factory.mktemp("plots")
+    (root / "benchmarks.md").write_text(DOCS.read_text(encoding="utf-8"), encoding="utf-8")
+    run(root / "img", "--docs", str(root / "benchmarks.md"))
+    return root
+
+
+def test_every_figure_is_a_valid_png(rendered):
+    pngs = sorted((rendered / "img").glob("*.png"))
+    names = {png.name for png in pngs}
+    assert {"serving-throughput.png", "serving-latency.png", "soak-memory.png"} <= names
+    assert {"quality.png", "expert-load.png"} <= names
+    for png in pngs:
+        with Image.open(png) as image:
+            image.verify()
+        with Image.open(png) as image:
+            assert image.format == "PNG"
+            width, height = image.size
+            assert 600 <= width <= 800, f"{png.name} is {width} px wide"
+            assert 200 <= height <= 800, f"{png.name} is {height} px high"
+            assert "Software" not in image.info, "the PNG names the software (not reproducible)"
+
+
+def test_the_figures_are_byte_for_byte_reproducible(rendered, tmp_path):
+    run(tmp_path)
+    first = {png.name: png.read_bytes() for png in (rendered / "img").glob("*.png")}
+    again = {png.name: png.read_bytes() for png in tmp_path.glob("*.png")}
+    assert first == again
+
+
+def test_the_committed_page_shows_the_current_figures(rendered):
+    plots = plots_module()
+    committed = DOCS.read_text(encoding="utf-8")
+    regenerated = (rendered / "benchmarks.md").read_text(encoding="utf-8")
+    assert regenerated == committed, (
+        "docs/benchmarks.md is stale: run python benchmarks/plots.py --docs docs/benchmarks.md"
+    )
+    images = IMAGE.findall(section(committed, plots))
+    assert images, "the plots section shows no figure"
+    for image in images:
+        assert (DOCS.parent / image).is_file(), f"docs/benchmarks.md shows a missing {image}"
+        assert (rendered / image).is_file(), f"plots.py no longer draws {image}"
+    drawn = {png.name for png in (rendered / "img").glob("*.png")}
+    assert {Path(image).name for image in images} == drawn
+
+
+def test_the_section_goes_under_the_first_heading_and_nothing_else_changes():
+    plots = plots_module()
+    page = (
+        "# Benchmarks\n\nIntro.\n\n```bash\n# not a heading\n```\n\n## beauty\n\nTable.\n\n"
+        "<!-- serving:begin -->\nserving\n<!-- serving:end -->\n"
+    )
+    once = plots.splice_section(page, "## Plots\n\nfirst")
+    assert once.startswith("# Benchmarks\n\nIntro.\n\n```bash\n# not a heading\n```\n\n")
+    assert once.index(plots.DOCS_END) < once.index("## beauty")
+    twice = plots.splice_section(once, "## Plots\n\nsecond")
+    assert "first" not in twice
+    assert "second" in twice
+    assert twice.replace("second", "first") == once
+    begin, end = twice.find(plots.DOCS_BEGIN), twice.find(plots.DOCS_END) + len(plots.DOCS_END)
+    assert twice[:begin] + twice[end:].removeprefix("\n\n") == page
