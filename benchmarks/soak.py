@@ -1262,8 +1262,8 @@ def render_section(report: dict[str, Any]) -> str:
     lines += [
         "",
         "The RSS series (every 5 s) and the per-window latencies are in "
-        "`benchmarks/results/soak.json`; the run also draws them to "
-        "`benchmarks/results/soak.png` (made locally, not committed). Reproduce with "
+        "`benchmarks/results/soak.json`; the plot above (`docs/img/soak-memory.png`) is drawn "
+        "from it by `python benchmarks/plots.py --docs docs/benchmarks.md`. Reproduce with "
         "`make bench-soak DATA_ROOT=...` (the command above); "
         "`python benchmarks/soak.py --render-only --docs docs/benchmarks.md` rewrites this "
         "section from `benchmarks/results/soak.json`.",

@@ -978,16 +978,41 @@ def registry_promote(
         str,
         typer.Argument(help="The version to serve: v0003, 3, or newest.", show_default=False),
     ],
+    min_metric: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--min-metric",
+            help="Quality gate: METRIC=VALUE, e.g. valid.ndcg@10=0.02; refuse the version if "
+            "its manifest's metric is lower. Repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(
+            "--max-drop",
+            min=0.0,
+            max=1.0,
+            help="Quality gate: refuse the version if its --gate-metric is more than this "
+            "fraction below the promoted version's (0.1 = 10%).",
+            show_default=False,
+        ),
+    ] = None,
+    gate_metric: Annotated[
+        str, typer.Option("--gate-metric", help="The metric --max-drop compares.")
+    ] = "valid.ndcg@10",
 ) -> None:
     """Verify a version and make it the one served (the model folder's PROMOTED pointer).
 
     A service serving the folder loads it within MOEREC_MODEL_POLL_SECONDS, without a restart;
-    a broken artefact is refused here, before anything changes.
+    a broken artefact, or one that fails the quality gate, is refused here, before anything
+    changes.
     """
     from moerec.registry import promote
 
     with user_errors():
-        record = promote(model_dir, version)
+        floors = _metric_floors(min_metric or [])
+        record = promote(model_dir, version, floors, max_drop, gate_metric)
         if record.previous == record.version:
             out.print(
                 f"{record.version} is already promoted in {model_dir} (pointer rewritten: a "
@@ -1000,6 +1025,21 @@ def registry_promote(
         out.print(
             f"promoted {record.version} in {model_dir} (was {was})", highlight=False, soft_wrap=True
         )
+
+
+def _metric_floors(specs: list[str]) -> dict[str, float]:
+    floors = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        try:
+            floors[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise MoerecError(
+                f"--min-metric {spec!r}: expected METRIC=VALUE, e.g. valid.ndcg@10=0.02"
+            )
+    return floors
 
 
 @registry_app.command("rollback")

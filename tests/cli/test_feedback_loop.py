@@ -176,3 +176,17 @@ def test_registry_commands_promote_list_and_roll_back(trained_from_db, events_db
     assert (again.exit_code, missing.exit_code) == (2, 2)
     assert "no earlier one to roll back to" in again.output
     assert "no version 'v0007'" in missing.output
+
+
+def test_registry_promote_quality_gate_refuses_with_one_clear_line(trained_from_db):
+    model_dir = str(trained_from_db)
+    before = promoted_version(model_dir)
+    gate = ["--min-metric", "valid.ndcg@10=2"]
+    refused = runner.invoke(app, ["registry", "promote", model_dir, "newest", *gate])
+    assert refused.exit_code == 2
+    assert "below the required 2.0000" in refused.output
+    assert promoted_version(model_dir) == before
+
+    bad = runner.invoke(app, ["registry", "promote", model_dir, "newest", "--min-metric", "x"])
+    assert bad.exit_code == 2
+    assert "expected METRIC=VALUE" in bad.output

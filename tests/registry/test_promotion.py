@@ -14,7 +14,7 @@ from moerec.registry import (
     resolve_artefact,
     rollback,
 )
-from moerec.registry.artefact import WEIGHTS
+from moerec.registry.artefact import WEIGHTS, save_artefact
 from moerec.registry.promotion import HISTORY
 from tests.helpers import save_trained
 
@@ -164,3 +164,41 @@ def test_promote_needs_a_model_folder(tmp_path, model_dir):
     with pytest.raises(PromotionError, match="this is one version; pass its model folder"):
         promote(model_dir / "v0001", "v0001")
     assert not (model_dir / "v0001" / ".promotion.lock").exists()
+
+
+@pytest.fixture
+def gated_dir(tmp_path, trained, tiny_dataset):
+    """A model folder whose versions v0001..v0003 have valid NDCG@10 0.050, 0.010, 0.046."""
+
+    def save(ndcg: float):
+        metrics = {**trained.metrics(), "valid": {"ndcg@10": ndcg}}
+        return save_artefact(
+            tmp_path, "gated", trained.model, trained.config, tiny_dataset.vocab, metrics,
+            tiny_dataset.fingerprint,
+        )  # fmt: skip
+
+    for ndcg in (0.050, 0.010, 0.046):
+        path = save(ndcg)
+    return path.parent
+
+
+def test_the_quality_gate_refuses_a_version_below_a_floor(gated_dir):
+    promote(gated_dir, "v0001")
+
+    with pytest.raises(PromotionError, match=r"valid.ndcg@10 = 0.0100 is below the required"):
+        promote(gated_dir, "v0002", floors={"valid.ndcg@10": 0.02})
+    with pytest.raises(PromotionError, match=r"no metric 'valid.nope@10'"):
+        promote(gated_dir, "v0002", floors={"valid.nope@10": 0.0})
+    assert promoted_version(gated_dir) == "v0001"
+
+    assert promote(gated_dir, "v0002", floors={"valid.ndcg@10": 0.01}).version == "v0002"
+
+
+def test_the_quality_gate_refuses_a_drop_against_the_promoted_version(gated_dir):
+    promote(gated_dir, "v0001")
+
+    with pytest.raises(PromotionError, match=r"more than 10% below v0001's 0.0500"):
+        promote(gated_dir, "v0002", max_drop=0.10)  # 80% lower
+    assert promoted_version(gated_dir) == "v0001"
+
+    assert promote(gated_dir, "v0003", max_drop=0.10).version == "v0003"  # 8% lower: allowed

@@ -20,7 +20,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -147,17 +147,27 @@ def history(model_dir: Path | str) -> list[PromotionRecord]:
     return records
 
 
-def promote(model_dir: Path | str, version: str) -> PromotionRecord:
+def promote(
+    model_dir: Path | str,
+    version: str,
+    floors: Mapping[str, float] | None = None,
+    max_drop: float | None = None,
+    gate_metric: str = "valid.ndcg@10",
+) -> PromotionRecord:
     """Verify ``version`` and make it the promoted one (``newest``: the newest version).
 
-    Promoting the version that is already promoted rewrites the pointer (a watching service
-    takes that as a cue to retry a load it refused) without adding a history line.
+    The quality gate, for unattended promotions (a nightly retrain): ``floors`` maps metric
+    paths of the manifest (``valid.ndcg@10``) to the least value each must reach, and
+    ``max_drop`` refuses a version whose ``gate_metric`` is more than that fraction below the
+    promoted version's. Promoting the version that is already promoted rewrites the pointer (a
+    watching service takes that as a cue to retry a load it refused) without adding a line.
     """
     model_dir = Path(model_dir)
     with _locked(model_dir):
         name = version_name(model_dir, version)
         current = promoted_version(model_dir)
         _verify(model_dir, name, f"refusing to promote {name}", current)
+        _check_gate(model_dir, name, current, floors or {}, max_drop, gate_metric)
         record = PromotionRecord(_now(), "promote", name, current)
         write_pointer(model_dir, name)
         if current != name:
@@ -219,6 +229,57 @@ def _verify(model_dir: Path, name: str, refusal: str, current: str | None) -> No
     except (ArtefactError, OSError) as exc:
         kept = f"{current} stays promoted" if current else "nothing was promoted"
         raise PromotionError(f"{refusal} ({kept}): {exc}") from None
+
+
+def metric_value(metrics: Mapping[str, Any], path: str) -> float | None:
+    """``metrics["valid"]["ndcg@10"]`` for ``valid.ndcg@10``; None when it is not there."""
+    value: Any = metrics
+    for part in path.split(".", 1):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _check_gate(
+    model_dir: Path,
+    name: str,
+    current: str | None,
+    floors: Mapping[str, float],
+    max_drop: float | None,
+    gate_metric: str,
+) -> None:
+    if not floors and max_drop is None:
+        return
+    kept = f"{current} stays promoted" if current else "nothing was promoted"
+    metrics = read_manifest(model_dir / name).get("metrics") or {}
+    for path, floor in floors.items():
+        value = metric_value(metrics, path)
+        if value is None:
+            raise PromotionError(
+                f"refusing to promote {name} ({kept}): its manifest has no metric {path!r} "
+                "(paths look like valid.ndcg@10 or test.hr@10; see `moerec registry list`)"
+            )
+        if value < floor:
+            raise PromotionError(
+                f"refusing to promote {name} ({kept}): {path} = {value:.4f} is below the "
+                f"required {floor:.4f}"
+            )
+    if max_drop is None or current is None or current == name:
+        return
+    candidate = metric_value(metrics, gate_metric)
+    baseline = metric_value(read_manifest(model_dir / current).get("metrics") or {}, gate_metric)
+    if candidate is None or baseline is None:
+        missing = name if candidate is None else current
+        raise PromotionError(
+            f"refusing to promote {name} ({kept}): {missing} has no metric {gate_metric!r} to "
+            "compare; choose another --gate-metric or drop --max-drop"
+        )
+    if candidate < baseline * (1.0 - max_drop):
+        raise PromotionError(
+            f"refusing to promote {name} ({kept}): {gate_metric} = {candidate:.4f} is more than "
+            f"{max_drop:.0%} below {current}'s {baseline:.4f}"
+        )
 
 
 def _append(model_dir: Path, record: PromotionRecord) -> None:
