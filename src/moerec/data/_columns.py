@@ -78,8 +78,8 @@ def _trimmed(array: pa.Array) -> pa.Array:
     return pc.utf8_trim(array, characters=ASCII_WHITESPACE)
 
 
-def ids(column: Column, name: str) -> np.ndarray:
-    """Raw ids as a numpy str array; an empty id is an error (it could never be looked up)."""
+def id_strings(column: Column, name: str) -> pa.Array:
+    """Raw ids as trimmed arrow strings; an empty id is an error (it could never be looked up)."""
     array = _plain(column, name)
     if pa.types.is_integer(array.type):
         array = pc.cast(array, pa.string())
@@ -89,7 +89,12 @@ def ids(column: Column, name: str) -> np.ndarray:
     empty = pc.equal(pc.utf8_length(strings), 0).to_numpy(zero_copy_only=False)
     if empty.any():
         raise BadValue(_first(empty), name, "", "is empty")
-    return np.asarray(strings.to_numpy(zero_copy_only=False), dtype=str)
+    return strings
+
+
+def ids(column: Column, name: str) -> np.ndarray:
+    """Raw ids as a numpy str array (see :func:`id_strings`)."""
+    return np.asarray(id_strings(column, name).to_numpy(zero_copy_only=False), dtype=str)
 
 
 def _vectorised(strings: pa.Array, target: pa.DataType) -> np.ndarray | None:

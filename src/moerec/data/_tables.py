@@ -48,9 +48,10 @@ def match_roles(names: list[str]) -> dict[str, int]:
     return roles
 
 
-def _require(
+def require_roles(
     where: str, names: list[str], roles: dict[str, int], required: tuple[str, ...]
 ) -> None:
+    """Raise a DataFormatError naming the accepted aliases if a ``required`` role is missing."""
     for role in required:
         if role not in roles:
             found = ", ".join(repr(name) for name in names) or "none"
@@ -78,7 +79,8 @@ def header_names(header: str, delimiter: str) -> list[str]:
     return [name.strip(ASCII_WHITESPACE) for name in row]
 
 
-def _first_line(text: str) -> tuple[int, str]:
+def first_line(text: str) -> tuple[int, str]:
+    """The 1-based number and text of the first non-blank line; ``(0, "")`` if there is none."""
     for number, line in enumerate(split_lines(text), start=1):
         if line.strip(ASCII_WHITESPACE):
             return number, line
@@ -148,11 +150,11 @@ def read_csv(
 ) -> Interactions:
     """A CSV/TSV file with a header naming at least the ``required`` roles."""
     text = decode_utf8(path, raw)
-    number, header = _first_line(text)
+    number, header = first_line(text)
     delimiter = sniff_delimiter(header, path)
     names = header_names(header, delimiter)
     roles = match_roles(names)
-    _require(f"{path}:{number}", names, roles, required)
+    require_roles(f"{path}:{number}", names, roles, required)
     fast = _fast_csv(raw, header, delimiter, len(names), roles)
     if fast is not None:
         try:
@@ -178,7 +180,7 @@ def read_parquet(path: str, raw: bytes) -> Interactions:
         table = pq.read_table(pa.BufferReader(raw))
         names = list(table.column_names)
         roles = match_roles(names)
-        _require(path, names, roles, ("user", "item"))
+        require_roles(path, names, roles, ("user", "item"))
         columns = {role: table.column(index) for role, index in roles.items()}
         return build_interactions(columns, path, "any")
     except BadValue as bad:

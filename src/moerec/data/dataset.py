@@ -115,5 +115,5 @@ def load_dataset(
 ) -> Dataset:
     """Read ``path`` (format from ``format``, else ``config.format``) into a :class:`Dataset`."""
     config = config or DataConfig()
-    interactions = read_interactions(path, format or config.format)
+    interactions = read_interactions(path, format or config.format, config.chunk_rows)
     return dataset_from_interactions(interactions, config)

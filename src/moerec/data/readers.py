@@ -32,6 +32,7 @@ from moerec.data._text_formats import (
 )
 from moerec.data.errors import DataFormatError
 from moerec.data.interactions import Interactions
+from moerec.data.streaming import chunk_rows_for, stream_interactions
 
 __all__ = ["FORMATS", "DataFormatError", "detect_format", "read_interactions"]
 
@@ -199,20 +200,34 @@ _READERS: dict[str, Callable[[str, bytes], Interactions]] = {
 }
 
 
-def read_interactions(path: Path | str, format: str = AUTO) -> Interactions:
+def read_interactions(
+    path: Path | str, format: str = AUTO, chunk_rows: int | None = None
+) -> Interactions:
     """Read an interactions file (gzip is handled transparently) or a MovieLens directory.
 
     ``format`` is one of :data:`FORMATS` or ``"auto"``. Ids are kept as the strings in the
     file; files without timestamps get their position in the file as the time.
+
+    CSV/TSV and Parquet files can be read ``chunk_rows`` rows at a time, so that memory holds
+    compact columns plus one chunk instead of several copies of the file (see
+    :mod:`moerec.data.streaming`); the result is the same. 0 reads every file whole; None
+    streams files of :data:`~moerec.data.streaming.AUTO_STREAM_BYTES` or more.
     """
     chosen = _check_format(format)
     path = _resolve(path)
     if chosen == AUTO:
         chosen = detect_format(path)
-    raw = read_bytes(path)
-    if chosen != "parquet" and not raw.strip():
-        raise DataFormatError(f"{path}: the file is empty; it should hold one interaction per line")
-    interactions = _READERS[chosen](str(path), raw)
+    rows = chunk_rows_for(path, chosen, chunk_rows)
+    interactions = stream_interactions(path, chosen, rows) if rows else None
+    if interactions is None:
+        interactions = _read_whole(path, chosen)
     if len(interactions) == 0:
         raise DataFormatError(f"{path}: no interactions found (only a header or blank lines)")
     return interactions
+
+
+def _read_whole(path: Path, chosen: str) -> Interactions:
+    raw = read_bytes(path)
+    if chosen != "parquet" and not raw.strip():
+        raise DataFormatError(f"{path}: the file is empty; it should hold one interaction per line")
+    return _READERS[chosen](str(path), raw)
