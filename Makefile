@@ -51,6 +51,7 @@ bench-tiny: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/distributed.py --tiny --output $(VENV)/bench-tiny/distributed.json
 	$(BIN)/python benchmarks/serving.py --tiny --output $(VENV)/bench-tiny/serving.json
 	$(BIN)/python benchmarks/soak.py --tiny --output $(VENV)/bench-tiny/soak.json
+	$(BIN)/python benchmarks/scale.py --tiny --output $(VENV)/bench-tiny/scale.json
 	$(BIN)/python benchmarks/plots.py --output-dir $(VENV)/bench-tiny/plots
 
 # The full benchmarks (long: run on demand, with nothing else running).

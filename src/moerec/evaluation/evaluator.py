@@ -1,7 +1,9 @@
 """Full-ranking evaluation: every user's target is ranked against the whole catalogue.
 
 Users are scored in batches on tensors; the user's own history is masked with one scatter per
-batch. No per-user Python loop, no sampled negatives.
+batch. No per-user Python loop, no sampled negatives. The catalogue is scored
+``score_chunk_items`` items at a time (see ``ranking``): a catalogue of millions never needs a
+(batch, catalogue) score matrix, and ranks stay exact.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from moerec.config import EvalConfig
 from moerec.data.batching import flat_rows, left_pad, trim_padding
 from moerec.data.sequences import Sequences
 from moerec.data.split import EvalSet
-from moerec.evaluation.metrics import metrics_from_ranks, target_ranks
+from moerec.evaluation.metrics import metrics_from_ranks
+from moerec.evaluation.ranking import ChunkScorer, Exclusions, chunked_ranks, target_chunk_batches
 from moerec.evaluation.routing import RoutingSummary
 from moerec.model import SequentialRecommender
 
@@ -52,11 +55,12 @@ def evaluate(
     offsets, items = eval_set.histories.offsets, eval_set.histories.items
     device = model.item_embedding.weight.device  # a GPU under torchrun with nccl
 
-    def score(rows: np.ndarray) -> torch.Tensor:
+    def score(rows: np.ndarray) -> ChunkScorer:
         seq = torch.from_numpy(trim_padding(left_pad(offsets, items, rows, model.config.max_len)))
         user_hidden, out = model.encode_users(seq.to(device))  # (B, D)
         routing.add(out.routing)
-        return model.score(user_hidden).cpu()  # (B, V); ranking happens on the CPU
+        # (B, C) per chunk; ranking happens on the CPU
+        return lambda start, stop: model.score_range(user_hidden, start, stop).cpu()
 
     try:
         return rank_eval_set(eval_set, model.config.num_items, score, settings, routing)
@@ -71,8 +75,8 @@ def evaluate_popularity(
     counts = torch.from_numpy(np.bincount(train.items, minlength=num_items + 1)).double()
     counts[0] = float("-inf")  # padding
 
-    def score(rows: np.ndarray) -> torch.Tensor:
-        return counts.expand(rows.shape[0], -1).clone()  # (B, V)
+    def score(rows: np.ndarray) -> ChunkScorer:
+        return lambda start, stop: counts[start:stop].expand(rows.shape[0], -1).clone()  # (B, C)
 
     return rank_eval_set(eval_set, num_items, score, settings or EvalConfig())
 
@@ -92,26 +96,31 @@ def exclude_seen(
 def rank_eval_set(
     eval_set: EvalSet,
     num_items: int,
-    score: Callable[[np.ndarray], torch.Tensor],
+    score: Callable[[np.ndarray], torch.Tensor | ChunkScorer],
     settings: EvalConfig,
     routing: RoutingSummary | None = None,
 ) -> EvaluationResult:
-    """Rank every target given ``score(rows) -> (B, V)`` for batches of eval-set rows."""
+    """Rank every target given ``score(rows)`` for batches of eval-set rows: the (B, V) scores,
+    or a ``ChunkScorer`` of them (rows whose targets share a chunk are batched together)."""
     started = time.perf_counter()
     num_users = int(eval_set.targets.shape[0])
     offsets, items = eval_set.histories.offsets, eval_set.histories.items
-    ranks: list[torch.Tensor] = []
+    chunk = settings.score_chunk_items
+    all_ranks = torch.zeros(num_users, dtype=torch.long)
     recommended = torch.zeros(num_items + 1, dtype=torch.bool)
-    for start in range(0, num_users, settings.batch_size):
-        rows = np.arange(start, min(start + settings.batch_size, num_users))
-        scores = score(rows)  # (B, V)
-        if settings.exclude_history:
-            exclude_seen(scores, offsets, items, rows)
+    for rows in target_chunk_batches(eval_set.targets, chunk, settings.batch_size):
+        scorer = score(rows)
+        if isinstance(scorer, torch.Tensor):
+            scorer = _slices(scorer)
+        exclusions = (
+            Exclusions.from_histories(offsets, items, rows) if settings.exclude_history else None
+        )
         targets = torch.from_numpy(eval_set.targets[rows]).long()  # (B,)
-        ranks.append(target_ranks(scores, targets))
-        top = scores.topk(min(COVERAGE_K, num_items), dim=1).indices  # (B, 10)
+        ranks, top = chunked_ranks(
+            scorer, num_items + 1, targets, min(COVERAGE_K, num_items), chunk, exclusions
+        )  # (B,), (B, 10)
+        all_ranks[torch.from_numpy(rows)] = ranks
         recommended[top.reshape(-1)] = True
-    all_ranks = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
     metrics = metrics_from_ranks(all_ranks, settings.ks)
     metrics[f"coverage@{COVERAGE_K}"] = recommended[1:].sum().item() / max(num_items, 1)
     return EvaluationResult(
@@ -120,3 +129,8 @@ def rank_eval_set(
         routing=routing or RoutingSummary(),
         seconds=time.perf_counter() - started,
     )
+
+
+def _slices(scores: torch.Tensor) -> ChunkScorer:
+    """A ``ChunkScorer`` reading column slices of an already computed (B, V) matrix."""
+    return lambda start, stop: scores[:, start:stop]

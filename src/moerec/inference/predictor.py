@@ -3,6 +3,11 @@
 No web code here: the CLI and the HTTP service both call ``Predictor.recommend``. Only the last
 position's hidden state is scored against the catalogue, and the experts that position used in
 each layer are reported with their weights, so a caller can see how a request was routed.
+
+A catalogue larger than ``score_chunk_items`` is ranked in chunks with a running top-k
+(``evaluation.ranking``), so a request never holds a (batch, catalogue) score matrix, and a
+candidate-restricted request scores its candidates only. A smaller catalogue is scored in one
+piece, as the reference path below does.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from torch import Tensor
 from moerec import MoerecError
 from moerec.data.batching import flat_rows, left_pad, trim_padding
 from moerec.evaluation.evaluator import exclude_seen
+from moerec.evaluation.ranking import Exclusions, chunked_topk
 from moerec.registry import Artefact, load_artefact
 
 
@@ -56,15 +62,19 @@ class Query:
 class Predictor:
     """Loads a model once; scores batches of histories with no gradient bookkeeping."""
 
-    def __init__(self, artefact: Artefact) -> None:
+    def __init__(self, artefact: Artefact, score_chunk_items: int | None = None) -> None:
+        """``score_chunk_items``: items scored at once (default: the artefact's eval setting)."""
         self.artefact = artefact
         self.model = artefact.model.eval()
         self.vocab = artefact.vocab
         self.max_len = artefact.config.model.max_len
+        self.score_chunk_items = score_chunk_items or artefact.config.eval.score_chunk_items
+        if self.score_chunk_items < 1:
+            raise MoerecError("score_chunk_items must be at least 1")
 
     @classmethod
-    def from_path(cls, path: Path | str) -> Predictor:
-        return cls(load_artefact(path))
+    def from_path(cls, path: Path | str, score_chunk_items: int | None = None) -> Predictor:
+        return cls(load_artefact(path), score_chunk_items)
 
     def warm_up(self) -> None:
         """One tiny forward pass, so the first request does not pay torch's lazy set-up."""
@@ -107,8 +117,22 @@ class Predictor:
             trim_padding(left_pad(offsets, items, rows, self.max_len))
         )  # (B, ≤L)
         user_hidden, out = self.model.encode_users(seq)  # (B, D)
-        scores = self.model.score(user_hidden)  # (B, V)
         routing = out.last_position_routing()
+        if self.model.config.num_items + 1 > self.score_chunk_items:
+            return self._run_chunked(queries, user_hidden, routing)
+        return self._run_whole(queries, user_hidden, routing, offsets, items, rows)
+
+    def _run_whole(
+        self,
+        queries: Sequence[Query],
+        user_hidden: Tensor,
+        routing: list[tuple[Tensor, Tensor, Tensor]],
+        offsets: np.ndarray,
+        items: np.ndarray,
+        rows: np.ndarray,
+    ) -> list[Recommendation]:
+        """The reference path: one (B, V) score matrix, masked and ranked in place."""
+        scores = self.model.score(user_hidden)  # (B, V)
         # scoring queries read raw scores: history exclusion would turn them into -inf
         filtered = [q.exclude_history and not q.score_only for q in queries]
         if all(filtered):
@@ -143,6 +167,56 @@ class Predictor:
             top_scores, top_items = row.topk(min(query.k, self.model.config.num_items))
             results[b] = self._recommendation(top_items, top_scores, routing, b)
         return [results[b] for b in range(len(queries))]
+
+    def _run_chunked(
+        self,
+        queries: Sequence[Query],
+        user_hidden: Tensor,
+        routing: list[tuple[Tensor, Tensor, Tensor]],
+    ) -> list[Recommendation]:
+        """The same answers as ``_run_whole`` without a (B, V) matrix: full-catalogue queries
+        share one chunked top-k; candidate and scoring queries score their own items only."""
+        results: dict[int, Recommendation] = {}
+        ranked = [b for b, q in enumerate(queries) if not q.score_only and q.candidates is None]
+        if ranked:
+            hidden = user_hidden[ranked]  # (B', D)
+            exclusions = Exclusions.from_lists([self._excluded(queries[b]) for b in ranked])
+            top_scores, top_items = chunked_topk(
+                lambda start, stop: self.model.score_range(hidden, start, stop),
+                self.model.config.num_items + 1,
+                min(max(queries[b].k for b in ranked), self.model.config.num_items),
+                self.score_chunk_items,
+                exclusions,
+            )  # (B', k), (B', k)
+            for i, b in enumerate(ranked):
+                k = queries[b].k
+                results[b] = self._recommendation(top_items[i, :k], top_scores[i, :k], routing, b)
+        for b, query in enumerate(queries):
+            if b in results:
+                continue
+            picked = _ids(query.candidates)
+            if not query.score_only:  # the whole-catalogue path keeps one column per item
+                picked = np.unique(picked)
+            ids = torch.from_numpy(picked)
+            row = self.model.score_items(user_hidden[b : b + 1], ids)[0]  # (n,)
+            row[ids == 0] = float("-inf")  # padding, as ``score`` has it
+            if query.score_only:
+                results[b] = self._recommendation(ids, row, routing, b, keep_all=True)
+                continue
+            excluded = self._excluded(query)
+            if excluded:
+                row[torch.from_numpy(np.isin(picked, np.concatenate(excluded)))] = float("-inf")
+            top_scores, top = row.topk(min(query.k, row.shape[0]))
+            results[b] = self._recommendation(ids[top], top_scores, routing, b)
+        return [results[b] for b in range(len(queries))]
+
+    @staticmethod
+    def _excluded(query: Query) -> list[np.ndarray]:
+        """The ids a ranking query must not return: its history (unless kept) and exclusions."""
+        parts = [query.history] if query.exclude_history else []
+        if query.exclude is not None and len(query.exclude):
+            parts.append(_ids(query.exclude))
+        return [np.asarray(part, dtype=np.int64) for part in parts]
 
     @staticmethod
     def _restrict(row: Tensor, query: Query) -> Tensor:

@@ -119,6 +119,30 @@ class SequentialRecommender(nn.Module):
         logits[..., PADDING_ID] = float("-inf")
         return logits
 
+    def score_range(self, hidden: Tensor, start: int, stop: int) -> Tensor:
+        """hidden: (B, D) -> logits (B, stop - start) of item ids start..stop-1; padding -inf.
+
+        One slice of ``score``: rankers walk the catalogue in such chunks so that no
+        (B, V) matrix exists at once. The whole range is ``score`` itself, bit for bit.
+        """
+        if start == 0 and stop == self.item_embedding.num_embeddings:
+            return self.score(hidden)
+        logits = hidden @ self.item_embedding.weight[start:stop].T  # (B, stop - start)
+        if start == PADDING_ID:
+            logits[:, 0] = float("-inf")
+        return logits
+
+    def score_items(self, hidden: Tensor, items: Tensor) -> Tensor:
+        """hidden: (M, D), items: (N,) ids -> logits (M, N) of those items only.
+
+        Reads N rows of the item table, so its cost does not grow with the catalogue.
+        """
+        return hidden @ self.item_embedding(items).T  # (M, N)
+
+    def score_pairs(self, hidden: Tensor, items: Tensor) -> Tensor:
+        """hidden: (M, D), items: (M,) ids -> (M,) logit of each row's own item."""
+        return (hidden * self.item_embedding(items)).sum(dim=-1)  # (M,)
+
     def item_logits(self, hidden: Tensor) -> Tensor:
         """hidden: (..., D) -> logits (..., V - 1) over real items only: column j is item j + 1.
 

@@ -1,7 +1,15 @@
-"""Training: full-catalogue cross-entropy + router losses, early stopping, run logs and plots."""
+"""Training: full-catalogue cross-entropy (or sampled softmax) + router losses, early stopping,
+run logs and plots."""
 
 from moerec.training.distributed import DistContext, DistributedError, distributed_session
+from moerec.training.sampled_softmax import (
+    NegativeSampler,
+    SampledSoftmax,
+    build_sampled_softmax,
+    sampled_softmax_loss,
+)
 from moerec.training.trainer import (
+    SequenceLoss,
     TrainingDivergedError,
     TrainingError,
     TrainResult,
@@ -14,10 +22,15 @@ from moerec.training.trainer import (
 __all__ = [
     "DistContext",
     "DistributedError",
+    "NegativeSampler",
+    "SampledSoftmax",
+    "SequenceLoss",
     "TrainResult",
     "TrainingDivergedError",
     "TrainingError",
+    "build_sampled_softmax",
     "distributed_session",
+    "sampled_softmax_loss",
     "seed_everything",
     "sequence_loss",
     "train",

@@ -1,5 +1,8 @@
 """Training: full-catalogue cross-entropy (the SASRec+ recipe) plus the routers' aux losses.
 
+``train.loss: sampled`` swaps the cross-entropy for sampled softmax with logQ correction (see
+``sampled_softmax``), which never scores the whole catalogue.
+
 One epoch = every user's training sequence once, in a seeded random order. Validation NDCG@10
 picks the best epoch and stops training after ``patience`` epochs without improvement; the
 best weights are restored before the final validation and test evaluations.
@@ -36,6 +39,7 @@ from moerec.model import SequentialRecommender
 from moerec.training.distributed import SINGLE_PROCESS, DistContext, reduce_routing
 from moerec.training.optim import build_optimizer, build_scheduler
 from moerec.training.runlog import RunLog, plot_run
+from moerec.training.sampled_softmax import SampledSoftmax, build_sampled_softmax
 
 SELECTION_METRIC = "ndcg@10"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -119,11 +123,19 @@ def loss_positions(train: Sequences, max_len: int) -> np.ndarray:
 
 
 def sequence_loss(
-    model: SequentialRecommender, inputs: Tensor, targets: Tensor, label_smoothing: float
+    model: SequentialRecommender,
+    inputs: Tensor,
+    targets: Tensor,
+    label_smoothing: float,
+    sampled: SampledSoftmax | None = None,
 ) -> tuple[Tensor, Tensor, list[Any]]:
-    """Cross-entropy of every next item against the whole catalogue; returns (ce, aux, routing)."""
+    """Cross-entropy of every next item against the whole catalogue, or against the shared
+    negatives of ``sampled`` when given; returns (ce, aux, routing)."""
     out = model(inputs)
     hidden = out.hidden[out.token_mask]  # (M, D) positions with a real input item
+    if sampled is not None:
+        ce = sampled(model, hidden, targets[out.token_mask])  # never builds (M, V) logits
+        return ce, out.aux_loss, out.routing
     logits = model.item_logits(hidden)  # (M, V-1)
     labels = targets[out.token_mask] - 1  # (M,) item j+1 is column j
     ce = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
@@ -134,14 +146,15 @@ class SequenceLoss(nn.Module):
     """``sequence_loss`` as a module, so that DistributedDataParallel wraps the whole loss
     computation, the output head tied to the item embeddings included."""
 
-    def __init__(self, model: SequentialRecommender) -> None:
+    def __init__(self, model: SequentialRecommender, sampled: SampledSoftmax | None = None) -> None:
         super().__init__()
         self.model = model
+        self.sampled = sampled
 
     def forward(
         self, inputs: Tensor, targets: Tensor, label_smoothing: float
     ) -> tuple[Tensor, Tensor, list[Any]]:
-        return sequence_loss(self.model, inputs, targets, label_smoothing)
+        return sequence_loss(self.model, inputs, targets, label_smoothing, self.sampled)
 
 
 def train_step(
@@ -157,8 +170,14 @@ def train_step(
 
     ``model`` is the recommender, or a ``SequenceLoss`` around it (in DistributedDataParallel
     under torchrun); ``loss_weight`` scales this process's loss (see ``DistContext.shard``).
+    The sampled loss needs the ``SequenceLoss`` form, which carries the negative sampler.
     """
     if isinstance(model, SequentialRecommender):
+        if config.loss == "sampled":
+            raise TrainingError(
+                "train.loss 'sampled' needs a negative sampler: pass "
+                "SequenceLoss(model, build_sampled_softmax(...)) instead of the bare model"
+            )
         ce, aux, stats = sequence_loss(model, inputs, targets, config.label_smoothing)
     else:
         ce, aux, stats = model(inputs, targets, config.label_smoothing)
@@ -219,7 +238,13 @@ def train(
     elif log is not None:
         log.write({"event": "start", "config": config.to_dict(), "data": dataset.stats()})
 
-    net = ctx.wrap(SequenceLoss(model))
+    sampled = None
+    if tc.loss == "sampled":  # each process draws its own negatives (seeded by its rank)
+        sampled = build_sampled_softmax(
+            tc, dataset.num_items, dataset.split.train.items, rank=ctx.rank
+        )
+        sampled.sampler.draws = int(state.get("negative_draws", 0))
+    net = ctx.wrap(SequenceLoss(model, sampled))
     first_epoch = int(state["epoch"]) + 1
     if state["bad_epochs"] >= tc.patience:  # the run being resumed had already stopped
         first_epoch = tc.epochs + 1
@@ -241,6 +266,8 @@ def train(
             else:
                 state["bad_epochs"] += tc.eval_every
         state["epoch"] = epoch
+        if sampled is not None:  # every process has drawn as often: rank 0's count is theirs
+            state["negative_draws"] = sampled.sampler.draws
         if log is not None:  # checkpoint first: a crash between the two never repeats an epoch
             _save_checkpoint(
                 log.run_dir / CHECKPOINT_NAME,
@@ -346,6 +373,9 @@ def _run_identity(config: ExperimentConfig, fingerprint: str) -> dict[str, Any]:
     train = config.train.model_dump(mode="json")
     for free in ("epochs", "patience"):
         train.pop(free)
+    if config.train.loss == "ce":  # so checkpoints from before the sampled loss still resume
+        for unused in ("loss", "num_negatives", "negative_sampler", "logq_correction"):
+            train.pop(unused)
     return {"model": config.model.model_dump(mode="json"), "train": train, "data": fingerprint}
 
 
