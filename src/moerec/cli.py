@@ -96,6 +96,15 @@ FromDbOpt = Annotated[
         "histories.",
     ),
 ]
+ChunkRowsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--chunk-rows",
+        min=0,
+        help="Read a CSV/Parquet --data file this many rows at a time, in bounded memory (0: "
+        "whole; default: stream files of 256 MiB or more). Sets data.chunk_rows.",
+    ),
+]
 MIN_TRAINING_EVENTS = 100
 
 
@@ -124,6 +133,11 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         except yaml.YAMLError:
             raise MoerecError(f"--set {pair!r}: the value is not valid YAML") from None
     return overrides
+
+
+def _chunk_rows_override(chunk_rows: int | None) -> dict[str, Any]:
+    """``--chunk-rows`` as a config override (the reader takes it from ``data.chunk_rows``)."""
+    return {} if chunk_rows is None else {"data.chunk_rows": chunk_rows}
 
 
 def _load_data(data: Path, fmt: str, config: ExperimentConfig) -> Any:
@@ -207,10 +221,15 @@ def _require_database_file(storage: Any) -> None:
 
 
 @data_app.command("stats")
-def data_stats(data: DataOpt, fmt: FormatOpt = "auto", config: ConfigOpt = None) -> None:
+def data_stats(
+    data: DataOpt,
+    fmt: FormatOpt = "auto",
+    config: ConfigOpt = None,
+    chunk_rows: ChunkRowsOpt = None,
+) -> None:
     """Users, items, interactions, density and sequence lengths of a data set."""
     with user_errors():
-        dataset = _load_data(data, fmt, load_config(config))
+        dataset = _load_data(data, fmt, load_config(config, _chunk_rows_override(chunk_rows)))
         table = Table(title=str(data), show_header=False)
         for key, value in dataset.stats().items():
             table.add_row(key, f"{value:,.4g}" if isinstance(value, float) else f"{value:,}")
@@ -254,6 +273,7 @@ def train(
         typer.Option(help=f"Model variant: {', '.join(VARIANTS)} (default: the config's, moe)."),
     ] = None,
     overrides: SetOpt = None,
+    chunk_rows: ChunkRowsOpt = None,
     run_dir: Annotated[
         Path | None, typer.Option("--run-dir", help="Where to write the log, plots, checkpoint.")
     ] = None,
@@ -278,7 +298,7 @@ def train(
     from moerec.training.distributed import distributed_session
 
     with user_errors(), distributed_session() as ctx:
-        cfg = _experiment(config, overrides, variant)
+        cfg = _experiment(config, overrides, variant, _chunk_rows_override(chunk_rows))
         dataset = _load_source(
             data, fmt, from_db, database_url, cfg, min_events=min_events,
             progress=not quiet and ctx.is_main,
@@ -320,11 +340,15 @@ def train(
 
 
 def _experiment(
-    config: Path | None, overrides: list[str] | None, variant: str | None
+    config: Path | None,
+    overrides: list[str] | None,
+    variant: str | None,
+    options: dict[str, Any] | None = None,
 ) -> ExperimentConfig:
+    """The config file with ``--set`` overrides, then overrides from dedicated options."""
     if variant is not None and variant not in VARIANTS:
         raise MoerecError(f"--variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    cfg = load_config(config, parse_overrides(overrides))
+    cfg = load_config(config, {**parse_overrides(overrides), **(options or {})})
     return resolve_variant(cfg, variant or cfg.variant)
 
 
@@ -866,6 +890,7 @@ def db_import(
     ] = None,
     database_url: DatabaseOpt = None,
     config: ConfigOpt = None,
+    chunk_rows: ChunkRowsOpt = None,
 ) -> None:
     """Load a data set's catalogue and every user's history into the database (idempotent)."""
     import asyncio
@@ -878,7 +903,7 @@ def db_import(
 
     with user_errors():
         url = load_service_settings(database_url=database_url).database_url
-        dataset = _load_data(data, fmt, load_config(config))
+        dataset = _load_data(data, fmt, load_config(config, _chunk_rows_override(chunk_rows)))
         names = read_item_titles(titles) if titles else None
         upgrade(url)
 

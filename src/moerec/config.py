@@ -43,6 +43,12 @@ class DataConfig(_Strict):
     min_rating: float | None = Field(
         None, description="Keep only interactions rated at least this (explicit-feedback files)."
     )
+    chunk_rows: int | None = Field(
+        None,
+        ge=0,
+        description="Read CSV/Parquet files this many rows at a time, in bounded memory; 0 reads "
+        "them whole; unset streams files of 256 MiB or more in 100,000-row chunks.",
+    )
 
 
 class ModelConfig(_Strict):
@@ -108,7 +114,8 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Optimisation: full-catalogue cross-entropy, AdamW, warm-up, clipping, early stopping."""
+    """Optimisation: full-catalogue cross-entropy (or sampled softmax), AdamW, warm-up, clipping,
+    early stopping."""
 
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(256, ge=1)
@@ -122,12 +129,45 @@ class TrainConfig(_Strict):
     eval_every: int = Field(1, ge=1, description="Validate every N epochs.")
     seed: int = 42
     num_threads: int = Field(0, ge=0, description="torch threads (0 = leave torch's default).")
+    loss: Literal["ce", "sampled"] = Field(
+        "ce",
+        description="'ce': softmax over the whole catalogue; 'sampled': sampled softmax over "
+        "num_negatives shared negatives, for catalogues too large to score at every step.",
+    )
+    num_negatives: int = Field(
+        256, ge=1, description="Negatives per step, shared by every position (sampled loss)."
+    )
+    negative_sampler: Literal["uniform", "popularity", "in-batch", "mixed"] = Field(
+        "uniform",
+        description="Where negatives come from: all items alike, items by training frequency, "
+        "the batch's own next items, or half in-batch and half uniform (sampled loss).",
+    )
+    logq_correction: bool = Field(
+        True,
+        description="Subtract log(expected count under the sampler) from every candidate's "
+        "logit, so that popular negatives are not over-penalised (sampled loss).",
+    )
+
+    @model_validator(mode="after")
+    def _check_loss(self) -> TrainConfig:
+        if self.loss == "sampled" and self.label_smoothing > 0:
+            raise ValueError(
+                "label_smoothing applies to the full cross-entropy only; set it to 0 with "
+                "loss 'sampled' (a sampled candidate set has no fixed classes to smooth over)"
+            )
+        return self
 
 
 class EvalConfig(_Strict):
     ks: tuple[int, ...] = (5, 10, 20)
     batch_size: int = Field(512, ge=1)
     exclude_history: bool = True
+    score_chunk_items: int = Field(
+        65_536,
+        ge=1,
+        description="Items scored at once when ranking: bounds memory at batch_size x this "
+        "many scores; a catalogue this small is ranked in one pass.",
+    )
 
 
 class ExperimentConfig(_Strict):
@@ -322,6 +362,27 @@ class ServiceSettings(BaseSettings):
     )
     history_cache_users: int = Field(
         100_000, ge=0, description="Recent users' histories kept in memory for database outages."
+    )
+
+    # A/B experiment: a second model (the challenger) for a stable share of the users.
+    ab_model_path: Path | None = Field(
+        None,
+        description="The challenger model of an A/B experiment (a model folder or one version "
+        "folder); unset = no experiment, every request is served by model_path.",
+    )
+    ab_fraction: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of users served by the challenger (0..1); only with ab_model_path. "
+        "Raising it keeps every user already in the challenger arm there.",
+    )
+    ab_salt: str = Field(
+        "moerec-ab",
+        min_length=1,
+        max_length=128,
+        description="Key of the hash that assigns users to arms; a new salt draws a new, "
+        "independent split.",
     )
 
     @model_validator(mode="after")

@@ -182,7 +182,7 @@ def test_health_readiness_and_metrics_need_no_token(service, tiny_dataset):
         text = http.get("/metrics").text
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"model": "ok", "database": "ok", "cache": "ok"}
-    assert 'moerec_model_info{experts="4",name="tiny"' in text
+    assert 'moerec_model_info{arm="control",experts="4",name="tiny"' in text
     assert 'route="/v1/users/{user_id}/recommendations"' in text
     assert "moerec_expert_activations_total{" in text
     assert "moerec_batch_size_bucket" in text

@@ -36,10 +36,11 @@ def bodies(fields: list[str]) -> st.SearchStrategy[dict]:
     ("model", "fields"),
     [
         (RecommendationRequest,
-         ["user_id", "history", "k", "candidates", "exclude", "exclude_history", "context"]),
-        (ScoreRequest, ["user_id", "history", "items"]),
+         ["user_id", "history", "k", "candidates", "exclude", "exclude_history", "context",
+          "assignment_key"]),
+        (ScoreRequest, ["user_id", "history", "items", "assignment_key"]),
         (EventIn, ["user_id", "item_id", "event_type", "timestamp", "idempotency_key"]),
-        (ReloadRequest, ["path"]),
+        (ReloadRequest, ["path", "arm"]),
     ],
 )  # fmt: skip
 def test_any_body_validates_or_fails_cleanly(model: type[BaseModel], fields: list[str]):

@@ -2,8 +2,9 @@
 
 ``create_app(settings)`` wires the service: storage (SQLite by default, PostgreSQL in
 production), cache and rate limiter (Redis when configured, else in-process), token verifier,
-metrics, the model slot with its micro-batcher (and the watcher that follows promotions),
-the popularity fallback and the audit trail.
+metrics, the model slot with its micro-batcher (and the watcher that follows promotions), the
+challenger's slot when an A/B experiment is configured, the popularity fallback and the audit
+trail.
 The lifespan builds them once and closes them in reverse order.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +28,7 @@ from moerec.serving.audit import AuditEntry, AuditTrail
 from moerec.serving.auth import TokenVerifier
 from moerec.serving.breaker import BreakerBoard, BreakerSettings, State
 from moerec.serving.errors import ApiError
+from moerec.serving.experiment import CHALLENGER, CONTROL, Arm, Arms, Split, breaker_name
 from moerec.serving.fallback import PopularItems
 from moerec.serving.metrics import ServiceMetrics
 from moerec.serving.middleware import BodyTooLargeError, ServiceMiddleware
@@ -107,6 +110,9 @@ async def _start_services(
         log.warning("circuit breaker changed", extra={"dependency": name, "from": old.label,
                                                        "to": new.label})  # fmt: skip
 
+    # Each arm's model has its own breaker: a failing challenger must not trip the control.
+    model_breakers = [MODEL] + ([breaker_name(CHALLENGER)] if settings.ab_model_path else [])
+    dependencies = (DATABASE, CACHE, *model_breakers)
     breakers = BreakerBoard(
         BreakerSettings(
             window_size=settings.breaker_window,
@@ -116,16 +122,16 @@ async def _start_services(
         ),
         on_change=on_change,
         is_failure=is_dependency_failure,
-        names=(DATABASE, CACHE, MODEL),
+        names=dependencies,
     )
-    for name in (DATABASE, CACHE, MODEL):
+    for name in dependencies:
         metrics.circuit_state.labels(name).set(State.CLOSED.value)
     guard = Guard(
         breakers,
         {
             DATABASE: settings.database_timeout_seconds,
             CACHE: settings.cache_timeout_seconds,
-            MODEL: settings.model_timeout_seconds,
+            **{name: settings.model_timeout_seconds for name in model_breakers},
         },
     )
 
@@ -168,30 +174,13 @@ async def _start_services(
     audit.start()
     stack.push_async_callback(audit.close)
 
-    def on_load(model: LoadedModel) -> None:
-        config = model.predictor.artefact.config
-        metrics.set_model(
-            model.name,
-            model.predictor.version,
-            config.variant,
-            config.model.moe_num_experts,
-            config.model.moe_top_k,
-        )
-
-    models = ModelSlot(
-        settings.model_path,
-        settings.batch_max_size,
-        settings.batch_max_wait_ms,
-        on_batch=metrics.observe_batch,
-        on_load=on_load,
-        model_process=settings.model_process,
-        torch_threads=settings.torch_threads,
-    )
+    models = _model_slot(settings, settings.model_path, CONTROL, metrics)
     watcher = _model_watcher(settings, models, storage, metrics, audit)  # before the load
     await models.load()
     stack.push_async_callback(models.close)
     models.supervise(on_restart=lambda _: metrics.model_reloads.labels("restarted").inc())
     await storage.ensure_catalogue(models.current.predictor.vocab.item_ids)
+    challenger = await _challenger(settings, metrics, storage, stack)
     if watcher is not None:
         watcher.start()
         stack.push_async_callback(watcher.close)
@@ -205,6 +194,7 @@ async def _start_services(
         "moerec is serving",
         extra={
             "model_version": models.current.version,
+            "challenger_version": challenger.current.version if challenger else None,
             "database": storage.dialect,
             "cache": cache.name,
         },
@@ -223,7 +213,58 @@ async def _start_services(
         HistoryCache(settings.history_cache_users),
         spool,
         replayer,
+        Arms(models, challenger, Split(settings.ab_fraction, settings.ab_salt)),
     )
+
+
+def _model_slot(
+    settings: ServiceSettings, source: Path, arm: Arm, metrics: ServiceMetrics
+) -> ModelSlot:
+    def on_load(model: LoadedModel) -> None:
+        config = model.predictor.artefact.config
+        metrics.set_model(
+            arm,
+            model.name,
+            model.predictor.version,
+            config.variant,
+            config.model.moe_num_experts,
+            config.model.moe_top_k,
+        )
+
+    return ModelSlot(
+        source,
+        settings.batch_max_size,
+        settings.batch_max_wait_ms,
+        on_batch=metrics.observe_batch,
+        on_load=on_load,
+        model_process=settings.model_process,
+        torch_threads=settings.torch_threads,
+    )
+
+
+async def _challenger(
+    settings: ServiceSettings,
+    metrics: ServiceMetrics,
+    storage: Storage,
+    stack: contextlib.AsyncExitStack,
+) -> ModelSlot | None:
+    """The A/B challenger's slot, loaded and supervised; None without an experiment.
+
+    A challenger that cannot be loaded stops the start-up as a bad control model does: an
+    operator who configured an experiment must not get a service that silently runs none.
+    """
+    if settings.ab_model_path is None:
+        return None
+    slot = _model_slot(settings, settings.ab_model_path, CHALLENGER, metrics)
+    await slot.load()
+    stack.push_async_callback(slot.close)
+    slot.supervise(on_restart=lambda _: metrics.model_reloads.labels("restarted").inc())
+    await storage.ensure_catalogue(slot.current.predictor.vocab.item_ids)
+    log.info(
+        "A/B experiment running",
+        extra={"challenger_version": slot.current.version, "fraction": settings.ab_fraction},
+    )
+    return slot
 
 
 def _model_watcher(

@@ -109,19 +109,29 @@ class ServiceMetrics:
         )
         self.fallbacks = Counter(
             "moerec_fallback_recommendations_total",
-            "Recommendations served by the popularity fallback, by reason.",
-            ["reason"],
+            "Recommendations served by the popularity fallback, by reason and A/B arm.",
+            ["reason", "arm"],
+            registry=r,
+        )
+        # One label, two values: the arm, never the user or the version (the version of
+        # each arm is in moerec_model_info), so an experiment at most doubles the series.
+        self.recommendation_seconds = Histogram(
+            "moerec_recommendation_duration_seconds",
+            "Time to answer a recommendation (history, cache, model or fallback), by A/B arm "
+            "('control' without an experiment).",
+            ["arm"],
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.model_info = Gauge(
             "moerec_model_info",
-            "The model being served (value 1), with its version and variant as labels.",
-            ["name", "version", "variant", "experts", "top_k"],
+            "The model each A/B arm serves (value 1), with its version and variant as labels.",
+            ["arm", "name", "version", "variant", "experts", "top_k"],
             registry=r,
         )
         self.model_loaded = Gauge(
             "moerec_model_loaded_timestamp_seconds",
-            "When the served model was loaded (Unix time).",
+            "When the control arm's model (the one promotions update) was loaded (Unix time).",
             registry=r,
         )
         self.circuit_state = Gauge(
@@ -144,6 +154,7 @@ class ServiceMetrics:
         self.model_reloads = Counter(
             "moerec_model_reloads_total", "Hot reloads by outcome.", ["outcome"], registry=r
         )
+        self._model_labels: dict[str, tuple[str, ...]] = {}
 
     def observe_batch(self, report: BatchReport) -> None:
         self.batch_size.observe(report.size)
@@ -157,10 +168,18 @@ class ServiceMetrics:
             for expert in use.experts:
                 self.expert_activations.labels(str(use.layer), str(expert)).inc()
 
-    def set_model(self, name: str, version: str, variant: str, experts: int, top_k: int) -> None:
-        self.model_info.clear()
-        self.model_info.labels(name, version, variant, str(experts), str(top_k)).set(1)
-        self.model_loaded.set_to_current_time()
+    def set_model(
+        self, arm: str, name: str, version: str, variant: str, experts: int, top_k: int
+    ) -> None:
+        """Record what ``arm`` serves now, replacing only that arm's previous series."""
+        labels = (arm, name, version, variant, str(experts), str(top_k))
+        previous = self._model_labels.get(arm)
+        if previous is not None and previous != labels:
+            self.model_info.remove(*previous)
+        self._model_labels[arm] = labels
+        self.model_info.labels(*labels).set(1)
+        if arm == "control":
+            self.model_loaded.set_to_current_time()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

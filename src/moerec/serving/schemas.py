@@ -29,6 +29,10 @@ EventType = Literal["view", "click", "add_to_cart", "purchase", "like", "rating"
 # not recommended to that user again.
 NOT_IN_HISTORY: frozenset[str] = frozenset({"dismiss"})
 MAX_CLOCK_SKEW = timedelta(hours=1)
+ArmName = Literal["control", "challenger"]
+ARM_DESCRIPTION = (
+    "The A/B arm that answered: 'control' or 'challenger'; null when no experiment runs."
+)
 HARD_MAX_ITEMS = 10_000  # a bound on list bodies before the configured limits apply
 
 
@@ -60,7 +64,8 @@ class ScoredItem(BaseModel):
 class RecommendationResponse(BaseModel):
     user_id: str | None = Field(None, description="Absent for an anonymous history.")
     items: list[ScoredItem] = Field(description="Best first.")
-    model_version: str
+    model_version: str = Field(description="The version of the model of the caller's arm.")
+    arm: ArmName | None = Field(None, description=ARM_DESCRIPTION)
     experts: list[ExpertUse] = Field(description="Per MoE layer; empty for a dense model.")
     cached: bool = Field(description="Served from the recommendation cache.")
     fallback: bool = Field(
@@ -79,6 +84,12 @@ class _Subject(_Body):
         max_length=HARD_MAX_ITEMS,
         description="An anonymous history, oldest first (instead of user_id).",
     )
+    assignment_key: Id | None = Field(
+        None,
+        description="Places an anonymous history in an A/B arm (e.g. a session or device id; "
+        "the same key, the same arm). Without it anonymous histories get the control arm; a "
+        "stored user is placed by their user_id.",
+    )
 
     @model_validator(mode="after")
     def _one_subject(self) -> _Subject:
@@ -86,6 +97,10 @@ class _Subject(_Body):
             raise ValueError("give exactly one of user_id or history")
         if self.history is not None and not self.history:
             raise ValueError("history must hold at least one item")
+        if self.assignment_key is not None and self.user_id is not None:
+            raise ValueError(
+                "assignment_key is only for anonymous histories; a user_id is its own key"
+            )
         return self
 
 
@@ -114,7 +129,8 @@ class ScoreResponse(BaseModel):
     user_id: str | None
     scores: list[ScoredItem] = Field(description="In the order asked; unknown items left out.")
     unknown_items: list[str] = Field(description="Asked items the model does not know.")
-    model_version: str
+    model_version: str = Field(description="The version of the model of the caller's arm.")
+    arm: ArmName | None = Field(None, description=ARM_DESCRIPTION)
     experts: list[ExpertUse]
 
 
@@ -155,6 +171,13 @@ class EventOut(BaseModel):
     idempotency_key: str
     duplicate: bool = Field(description="True when this key was already stored (nothing added).")
     history_version: int | None = Field(description="The user's history version after it.")
+    model_version: str | None = Field(
+        None, description="The model serving the user when the event arrived."
+    )
+    arm: ArmName | None = Field(
+        None,
+        description="The user's A/B arm when the event arrived; null outside experiments.",
+    )
     spooled: bool = Field(
         False,
         description="Accepted into the durable spool while the database is unavailable "
@@ -184,14 +207,18 @@ class ReloadRequest(_Body):
     path: str | None = Field(
         None,
         max_length=4096,
-        description="Artefact version folder or model folder; default: the newest version of "
-        "the configured model.",
+        description="Artefact version folder or model folder; default: the arm's configured "
+        "model (its promoted version, else its newest).",
+    )
+    arm: ArmName = Field(
+        "control", description="Which A/B arm to reload; 'challenger' needs an experiment."
     )
 
 
-class ModelResponse(BaseModel):
+class ModelInfo(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
+    arm: ArmName = Field(description="'control' is the model of MOEREC_MODEL_PATH.")
     name: str
     version: str
     model_version: str
@@ -206,6 +233,43 @@ class ModelResponse(BaseModel):
     created_at: str | None
     metrics: dict[str, object]
     data_fingerprint: str | None
+
+
+class ModelResponse(ModelInfo):
+    """The control model at the top level (as without an experiment), the challenger nested."""
+
+    challenger: ModelInfo | None = Field(
+        None, description="The A/B challenger's model; null when no experiment runs."
+    )
+    challenger_fraction: float = Field(
+        0.0, description="Share of users the challenger serves (0 without one)."
+    )
+
+
+class ArmEventsOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    arm: ArmName | None = Field(description="Null: events stored outside an experiment.")
+    model_version: str | None
+    event_type: str
+    events: int
+    users: int = Field(description="Distinct users with such an event.")
+
+
+class ExperimentArm(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    arm: ArmName
+    model_version: str
+    share: float = Field(description="Configured share of users (0..1).")
+
+
+class ExperimentResponse(BaseModel):
+    running: bool = Field(description="A challenger is configured.")
+    arms: list[ExperimentArm] = Field(description="The arms serving now.")
+    events: list[ArmEventsOut] = Field(
+        description="Stored events per arm, model version and type (since 'since', if given)."
+    )
 
 
 class FlushResponse(BaseModel):

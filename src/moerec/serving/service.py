@@ -1,14 +1,16 @@
 """What the routes do, without HTTP: histories → cache → model (or fallback) → response body.
 
 Responses are plain dicts serialised once with orjson; the cache stores those bytes, keyed by
-model version, user, the user's history version and the request's parameters, so a new event
-(which bumps the history version) or a new model makes old entries unreachable at once.
+A/B arm, model version, user, the user's history version and the request's parameters, so a
+new event (which bumps the history version) or a new model makes old entries unreachable at
+once, and two arms never share an entry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,13 +22,13 @@ from moerec.inference import Query, Recommendation
 from moerec.serving.audit import AuditTrail
 from moerec.serving.auth import TokenVerifier
 from moerec.serving.errors import ApiError
+from moerec.serving.experiment import Arm, Arms, breaker_name, cache_namespace, metric_arm
 from moerec.serving.fallback import PopularItems
 from moerec.serving.metrics import ServiceMetrics
 from moerec.serving.model_slot import LoadedModel, ModelSlot
 from moerec.serving.ratelimit import RateLimiter
 from moerec.serving.resilience import (
     DATABASE,
-    MODEL,
     DependencyDown,
     Guard,
     HistoryCache,
@@ -60,6 +62,7 @@ class Services:
     histories: HistoryCache
     spool: EventSpool
     replayer: SpoolReplayer
+    arms: Arms  # ``models`` is its control slot
 
 
 @dataclass(frozen=True)
@@ -120,13 +123,49 @@ async def recommend(
     candidates: list[str] | None = None,
     exclude: list[str] | None = None,
     exclude_history: bool = True,
+    assignment_key: str | None = None,
 ) -> dict[str, Any]:
+    """Top-k for a stored user or an anonymous history, from the model of the caller's arm.
+
+    ``assignment_key`` places an anonymous history in an A/B arm (a stored user is placed by
+    their id); without one, anonymous histories go to the control arm.
+    """
     settings = services.settings
     check_limit("k", k, settings.max_k)
     check_limit("history", len(history or ()), settings.max_history)
     check_limit("candidates", len(candidates or ()), settings.max_candidates)
     check_limit("exclude", len(exclude or ()), settings.max_candidates)
-    model = services.models.current
+    started = time.perf_counter()
+    arm, slot = services.arms.assign(user_id if user_id is not None else assignment_key)
+    payload = await _recommend(
+        services,
+        arm,
+        slot.current,
+        user_id=user_id,
+        history=history,
+        k=k,
+        candidates=candidates,
+        exclude=exclude,
+        exclude_history=exclude_history,
+    )
+    services.metrics.recommendation_seconds.labels(metric_arm(arm)).observe(
+        time.perf_counter() - started
+    )
+    return payload
+
+
+async def _recommend(
+    services: Services,
+    arm: Arm | None,
+    model: LoadedModel,
+    *,
+    user_id: str | None,
+    history: list[str] | None,
+    k: int,
+    candidates: list[str] | None,
+    exclude: list[str] | None,
+    exclude_history: bool,
+) -> dict[str, Any]:
     subject = await load_subject(services, model, user_id, history)
     params = {
         "k": k,
@@ -134,7 +173,7 @@ async def recommend(
         "exclude": exclude,
         "exclude_history": exclude_history,
     }
-    key = cache_key("rec", model.version, user_id, subject.version, params)
+    key = cache_key(cache_namespace(arm), model.version, user_id, subject.version, params)
     hit = await services.cache.get(key)
     if hit is not None:
         services.metrics.cache.labels("hit").inc()
@@ -149,7 +188,7 @@ async def recommend(
     if len(encoded) == 0:
         reason = "no_history" if not subject.items else "unknown_items"
         payload = _fallback(
-            services, model, subject, k, candidates, banned, exclude_history, reason
+            services, arm, model, subject, k, candidates, banned, exclude_history, reason
         )
     else:
         query = Query(
@@ -160,21 +199,34 @@ async def recommend(
             candidates=predictor.encode(candidates)[0] if candidates is not None else None,
         )
         try:
-            rec = await services.guard.call(MODEL, lambda: model.batcher.submit(query))
+            rec = await services.guard.call(breaker_name(arm), lambda: model.batcher.submit(query))
         except DependencyDown:
-            log.warning("model unavailable; serving the popularity fallback", exc_info=True)
-            return _fallback(  # not cached: the next request should try the model again
-                services, model, subject, k, candidates, banned, exclude_history, "model_error"
+            # A failing challenger gets the same popularity fallback as a failing control,
+            # not the control's model: its users stay in their arm, and the fallback metric
+            # shows the arm's failures.
+            log.warning(
+                "model unavailable; serving the popularity fallback",
+                extra={"arm": arm, "model_version": model.version},
+                exc_info=True,
             )
+            return _fallback(  # not cached: the next request should try the model again
+                services, arm, model, subject, k, candidates, banned, exclude_history,
+                "model_error",
+            )  # fmt: skip
         services.metrics.observe_routing(rec.experts)
-        payload = _payload(subject, model, rec, len(encoded), unknown)
+        payload = _payload(arm, subject, model, rec, len(encoded), unknown)
     if not subject.degraded:  # an answer from a stale history must not outlive the outage
-        await services.cache.set(key, orjson.dumps(payload), settings.cache_ttl_seconds)
+        await services.cache.set(key, orjson.dumps(payload), services.settings.cache_ttl_seconds)
     return payload
 
 
 def _payload(
-    subject: Subject, model: LoadedModel, rec: Recommendation, read: int, unknown: list[str]
+    arm: Arm | None,
+    subject: Subject,
+    model: LoadedModel,
+    rec: Recommendation,
+    read: int,
+    unknown: list[str],
 ) -> dict[str, Any]:
     return {
         "user_id": subject.user_id,
@@ -183,6 +235,7 @@ def _payload(
             for item, score in zip(rec.items, rec.scores, strict=True)
         ],
         "model_version": model.version,
+        "arm": arm,
         "experts": [
             {"layer": use.layer, "experts": use.experts, "weights": use.weights}
             for use in rec.experts
@@ -196,6 +249,7 @@ def _payload(
 
 def _fallback(
     services: Services,
+    arm: Arm | None,
     model: LoadedModel,
     subject: Subject,
     k: int,
@@ -204,13 +258,14 @@ def _fallback(
     exclude_history: bool,
     reason: str,
 ) -> dict[str, Any]:
-    services.metrics.fallbacks.labels(reason).inc()
+    services.metrics.fallbacks.labels(reason, metric_arm(arm)).inc()
     skip = banned | set(subject.items) if exclude_history else banned
     top = services.popular.top(k, skip, set(candidates) if candidates is not None else None)
     return {
         "user_id": subject.user_id,
         "items": [{"item_id": item, "score": float(count)} for item, count in top],
         "model_version": model.version,
+        "arm": arm,
         "experts": [],
         "cached": False,
         "fallback": True,
@@ -220,12 +275,19 @@ def _fallback(
 
 
 async def score(
-    services: Services, *, user_id: str | None, history: list[str] | None, items: list[str]
+    services: Services,
+    *,
+    user_id: str | None,
+    history: list[str] | None,
+    items: list[str],
+    assignment_key: str | None = None,
 ) -> dict[str, Any]:
+    """The scores of ``items`` from the model of the caller's arm (as :func:`recommend`)."""
     settings = services.settings
     check_limit("history", len(history or ()), settings.max_history)
     check_limit("items", len(items), settings.max_candidates)
-    model = services.models.current
+    arm, slot = services.arms.assign(user_id if user_id is not None else assignment_key)
+    model = slot.current
     subject = await load_subject(services, model, user_id, history)
     predictor = model.predictor
     encoded, _ = predictor.encode(subject.items)
@@ -239,10 +301,10 @@ async def score(
     asked, unknown = predictor.encode(items)
     known_raw = [i for i in items if predictor.vocab.item_index(i) is not None]
     if len(asked) == 0:
-        return _scores_payload(subject, model, [], [], unknown, [])
+        return _scores_payload(arm, subject, model, [], [], unknown, [])
     query = Query(encoded, candidates=asked, exclude_history=False, score_only=True)
     try:
-        rec = await services.guard.call(MODEL, lambda: model.batcher.submit(query))
+        rec = await services.guard.call(breaker_name(arm), lambda: model.batcher.submit(query))
     except DependencyDown:
         raise ApiError(
             503,
@@ -250,10 +312,11 @@ async def score(
             "the model could not score this request in time; retry shortly",
             headers={"Retry-After": "1"},
         ) from None
-    return _scores_payload(subject, model, known_raw, rec.scores, unknown, rec.experts)
+    return _scores_payload(arm, subject, model, known_raw, rec.scores, unknown, rec.experts)
 
 
 def _scores_payload(
+    arm: Arm | None,
     subject: Subject,
     model: LoadedModel,
     items: Sequence[str],
@@ -268,10 +331,21 @@ def _scores_payload(
         ],
         "unknown_items": unknown,
         "model_version": model.version,
+        "arm": arm,
         "experts": [
             {"layer": use.layer, "experts": use.experts, "weights": use.weights} for use in experts
         ],
     }
+
+
+def served_by(services: Services, user_id: str) -> tuple[Arm | None, str | None]:
+    """The arm and model version serving ``user_id`` now: what an event of theirs records.
+
+    Taken from the user's assignment rather than from the client, so a client cannot put
+    events in the wrong arm, and a client that does not track versions records them as well.
+    """
+    arm, slot = services.arms.assign(user_id)
+    return arm, slot.current.version if slot.loaded else None
 
 
 async def record_event(services: Services, event: NewEvent) -> StoredEvent | SpooledEvent:
@@ -318,6 +392,8 @@ def event_body(event: StoredEvent | SpooledEvent) -> dict[str, Any]:
         "timestamp": event.occurred_at.isoformat(),
         "idempotency_key": event.idempotency_key,
         "duplicate": event.duplicate,
+        "model_version": event.model_version,
+        "arm": event.arm,
     }
     if isinstance(event, SpooledEvent):  # accepted durably; the database gets it on replay
         return body | {

@@ -5,6 +5,7 @@ shipped in ``moerec/storage/migrations`` (``migrate.upgrade`` or ``await Storage
 """
 
 from moerec.storage.database import (
+    ArmEvents,
     AuditEntry,
     ItemRecord,
     NewEvent,
@@ -22,6 +23,7 @@ from moerec.storage.importer import ImportReport, import_dataset
 from moerec.storage.migrate import current_revision, head_revision, upgrade
 
 __all__ = [
+    "ArmEvents",
     "AuditEntry",
     "IdempotencyConflict",
     "ImportReport",

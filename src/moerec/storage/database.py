@@ -57,6 +57,7 @@ from moerec.storage.errors import (
 )
 from moerec.storage.migrate import head_revision, revision_of, upgrade_connection
 from moerec.storage.tables import (
+    ARM_LENGTH,
     EVENT_TYPE_LENGTH,
     ID_LENGTH,
     MODEL_VERSION_LENGTH,
@@ -105,6 +106,7 @@ class NewEvent:
     occurred_at: datetime
     idempotency_key: str
     model_version: str | None = None
+    arm: str | None = None  # the A/B arm the user was assigned to; None outside experiments
     # False when the server stamped the time (the client gave none): a retry then carries a
     # later stamp, which must not make it look like a different event.
     time_given: bool = True
@@ -116,13 +118,16 @@ class NewEvent:
         _check_text(self.idempotency_key, "idempotency_key", ID_LENGTH)
         if self.model_version is not None:
             _check_text(self.model_version, "model_version", MODEL_VERSION_LENGTH)
+        if self.arm is not None:
+            _check_text(self.arm, "arm", ARM_LENGTH)
         object.__setattr__(self, "occurred_at", _aware_utc(self.occurred_at, "occurred_at"))
 
     def same_payload(self, stored: StoredEvent) -> bool:
         """Whether ``stored`` is this event (a retry) rather than another under the same key.
 
-        ``model_version`` is deliberately left out: it records which model produced the
-        recommendation, and a retry through a newer replica may legitimately differ.
+        ``model_version`` and ``arm`` are deliberately left out: they record which model
+        produced the recommendation, and a retry through a newer replica may legitimately
+        differ.
         """
         return (
             stored.user_id == self.user_id
@@ -151,6 +156,18 @@ class StoredEvent:
     model_version: str | None
     duplicate: bool
     history_version: int
+    arm: str | None = None
+
+
+@dataclass(frozen=True)
+class ArmEvents:
+    """One row of an experiment's read-out: events of one type under one arm and version."""
+
+    arm: str | None
+    model_version: str | None
+    event_type: str
+    events: int
+    users: int  # distinct users with such an event
 
 
 @dataclass(frozen=True)
@@ -262,6 +279,7 @@ def _stored(row: Row[Any], duplicate: bool) -> StoredEvent:
         model_version=row.model_version,
         duplicate=duplicate,
         history_version=int(row.history_version or 0),
+        arm=row.arm,
     )
 
 
@@ -273,6 +291,7 @@ def _event_params(new: NewEvent) -> dict[str, Any]:
         "occurred_at": new.occurred_at,
         "idempotency_key": new.idempotency_key,
         "model_version": new.model_version,
+        "arm": new.arm,
     }
 
 
@@ -677,6 +696,7 @@ class Storage:
             model_version=new.model_version,
             duplicate=False,
             history_version=version,
+            arm=new.arm,
         )
 
     @staticmethod
@@ -798,6 +818,27 @@ class Storage:
             async with self._reader.connect() as connection:
                 rows = (await connection.execute(statement)).all()
         return [(row.item_id, float(row.events)) for row in rows]
+
+    async def events_by_arm(self, since: datetime | None = None) -> list[ArmEvents]:
+        """Events and distinct users per A/B arm, model version and event type.
+
+        The read-out of an experiment. It aggregates the whole event table (or the events
+        that occurred since ``since``): an admin report, never a per-request query.
+        """
+        count = func.count().label("events")
+        distinct_users = func.count(events.c.user_id.distinct()).label("users")
+        keys = (events.c.arm, events.c.model_version, events.c.event_type)
+        statement = select(*keys, count, distinct_users).group_by(*keys)
+        if since is not None:
+            statement = statement.where(events.c.occurred_at >= _aware_utc(since, "since"))
+        statement = statement.order_by(*(key.asc().nulls_first() for key in keys))
+        with translated("counting events per arm"):
+            async with self._reader.connect() as connection:
+                rows = (await connection.execute(statement)).all()
+        return [
+            ArmEvents(row.arm, row.model_version, row.event_type, int(row.events), int(row.users))
+            for row in rows
+        ]
 
     async def user_exists(self, user_id: str) -> bool:
         """Whether the user has ever sent an event."""

@@ -103,6 +103,7 @@ class SpooledEvent:
     model_version: str | None
     spooled_at: datetime
     duplicate: bool
+    arm: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ def _encode(event: NewEvent) -> str:
             "occurred_at": event.occurred_at.isoformat(),
             "idempotency_key": event.idempotency_key,
             "model_version": event.model_version,
+            "arm": event.arm,
             "time_given": event.time_given,
         },
         separators=(",", ":"),
@@ -168,6 +170,7 @@ def _decode(payload: str, seq: int) -> NewEvent:
             occurred_at=datetime.fromisoformat(data["occurred_at"]),
             idempotency_key=data["idempotency_key"],
             model_version=data.get("model_version"),
+            arm=data.get("arm"),
             time_given=bool(data.get("time_given", True)),
         )
     except InvalidRecordError as exc:
@@ -190,6 +193,7 @@ def _check_storable(event: NewEvent) -> None:
         "event_type": event.event_type,
         "idempotency_key": event.idempotency_key,
         "model_version": event.model_version,
+        "arm": event.arm,
     }
     for name, value in fields.items():
         if value is None:
@@ -206,7 +210,7 @@ def _same_payload(new: NewEvent, spooled: NewEvent) -> bool:
     """Whether ``new`` is a retry of ``spooled``: the rule of ``NewEvent.same_payload``.
 
     Same user, item and type; the same time unless the server stamped it (a retry then
-    carries a later stamp); ``model_version`` may differ.
+    carries a later stamp); ``model_version`` and ``arm`` may differ.
     """
     return (
         spooled.user_id == new.user_id
@@ -227,6 +231,7 @@ def _spooled(seq: int, event: NewEvent, spooled_at: datetime, duplicate: bool) -
         model_version=event.model_version,
         spooled_at=spooled_at,
         duplicate=duplicate,
+        arm=event.arm,
     )
 
 

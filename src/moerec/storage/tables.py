@@ -53,6 +53,7 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 ID_LENGTH = 128  # user, item and idempotency-key ids
 EVENT_TYPE_LENGTH = 32
 MODEL_VERSION_LENGTH = 64
+ARM_LENGTH = 32
 
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 _SERIAL = BigInteger().with_variant(Integer, "sqlite")
@@ -113,6 +114,8 @@ events = Table(
     Column("received_at", UTCDateTime, nullable=False, server_default=func.now()),
     Column("idempotency_key", String(ID_LENGTH), nullable=False, unique=True),
     Column("model_version", String(MODEL_VERSION_LENGTH), nullable=True),
+    # The A/B arm the user was assigned to when the event arrived; NULL outside experiments.
+    Column("arm", String(ARM_LENGTH), nullable=True),
     # A user's history is "WHERE user_id = ? ORDER BY occurred_at DESC, id DESC LIMIT n":
     # this index answers it without a sort, however many events the table holds.
     Index(None, "user_id", "occurred_at", "id"),

@@ -50,6 +50,7 @@ async def post_event(
         )
     # Without a key the event cannot be deduplicated: a retry would store it twice.
     key = body.idempotency_key or idempotency_key or f"srv:{uuid.uuid4().hex}"
+    arm, model_version = service.served_by(services, body.user_id)
     try:
         stored = await service.record_event(
             services,
@@ -59,7 +60,8 @@ async def post_event(
                 event_type=body.event_type,
                 occurred_at=body.timestamp or datetime.now(UTC),
                 idempotency_key=key,
-                model_version=services.models.current.version if services.models.loaded else None,
+                model_version=model_version,
+                arm=arm,
                 time_given=body.timestamp is not None,
             ),
         )

@@ -57,5 +57,6 @@ async def recommendations(
             candidates=body.candidates,
             exclude=body.exclude,
             exclude_history=body.exclude_history,
+            assignment_key=body.assignment_key,
         )
     )

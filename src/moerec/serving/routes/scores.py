@@ -29,5 +29,11 @@ async def scores(
     if body.user_id is not None:
         ensure_may_read(principal, body.user_id)
     return json(
-        await service.score(services, user_id=body.user_id, history=body.history, items=body.items)
+        await service.score(
+            services,
+            user_id=body.user_id,
+            history=body.history,
+            items=body.items,
+            assignment_key=body.assignment_key,
+        )
     )

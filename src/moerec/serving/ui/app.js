@@ -206,7 +206,9 @@ async function recommend(note) {
 
 function render(body, ms, before) {
   $("meta").hidden = false;
-  $("meta-model").textContent = body.model_version;
+  // During an A/B experiment the arm tells which of the two models answered.
+  const arm = body.arm ? ` (${body.arm})` : "";
+  $("meta-model").textContent = `${body.model_version}${arm}`;
   $("meta-latency").textContent = `${ms.toFixed(1)} ms (measured in this page)`;
   flag($("meta-cached"), body.cached);
   flag($("meta-fallback"), body.fallback);
