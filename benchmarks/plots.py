@@ -477,7 +477,12 @@ def splice_section(text: str, section: str) -> str:
     headings = [i for i, line in enumerate(lines) if line.startswith("#")]
     if not headings:
         return block + ("\n" + text if text else "")
-    later = [i for i in headings[1:] if not _in_code(lines, i)]
+    # before the next heading or the next section another script owns, whichever comes first
+    later = [
+        i
+        for i, line in enumerate(lines)
+        if i > headings[0] and not _in_code(lines, i) and line.startswith(("#", "<!-- "))
+    ]
     at = later[0] if later else len(lines)
     head = "".join(lines[:at])
     if head and not head.endswith("\n"):
