@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import http.client
 import itertools
 import json
@@ -994,6 +995,8 @@ def ceiling_worker(args: argparse.Namespace) -> dict[str, Any]:
     histories = np.split(stored["items"], offsets)
     rng = random.Random(args.seed)
     runs: dict[str, list[dict[str, Any]]] = {str(c): [] for c in args.concurrency_list}
+    gc.collect()
+    gc.freeze()  # as the server does after start-up: full collections skip the imports
 
     async def measure_all() -> None:
         await closed_loop(predictor, histories, max(args.concurrency_list), 1.0, args, 0)

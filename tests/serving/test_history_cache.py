@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime
 
 from moerec.serving.resilience import HistoryCache
@@ -44,3 +45,14 @@ def test_a_zero_size_cache_keeps_nothing():
     cache = HistoryCache(max_users=0)
     cache.remember(_read("a", ["1"], 1))
     assert cache.get("a") is None
+
+
+def test_remembered_histories_drop_out_of_the_garbage_collectors_view():
+    cache = HistoryCache(max_users=10)
+    for user in "abc":
+        cache.remember(_read(user, ["item-1", "item-2"], 1))
+    gc.collect()  # untracks tuples that hold only atomic values...
+    gc.collect()  # ...and, a pass later, the tuples holding those
+    entries = list(cache._entries.values())
+    assert entries
+    assert not any(gc.is_tracked(entry) for entry in entries)

@@ -228,6 +228,21 @@ def test_local_cache_evicts_the_least_recently_used() -> None:
     asyncio.run(body())
 
 
+def test_local_entries_drop_out_of_the_garbage_collectors_view() -> None:
+    import gc
+
+    cache = LocalCache(max_entries=10)
+
+    async def body() -> None:
+        for user in ("a", "b"):
+            await cache.set(key(user), user.encode(), 60)
+
+    asyncio.run(body())
+    gc.collect()  # untracks tuples and dicts that hold only atomic values
+    assert not any(gc.is_tracked(entry) for entry in cache._entries.values())
+    assert not any(gc.is_tracked(keys) for keys in cache._by_user.values())
+
+
 def test_local_cache_needs_room() -> None:
     with pytest.raises(ValueError, match="max_entries"):
         LocalCache(max_entries=0)

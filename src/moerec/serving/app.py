@@ -11,6 +11,7 @@ The lifespan builds them once and closes them in reverse order.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -60,6 +61,17 @@ log = logging.getLogger("moerec.serving")
 MAX_BODY_BYTES = 1_000_000
 
 
+def _freeze_startup_heap() -> None:
+    """Move everything built so far (torch, FastAPI, the vocabulary) out of the collector's view.
+
+    Those objects live as long as the process, yet every full collection traversed them all:
+    on the Beauty shape a pause of ~100 ms every couple of seconds under load, the service's
+    p99. Frozen, a full collection sees only what requests created since.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
     metrics = ServiceMetrics()
@@ -68,6 +80,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             app.state.services = await _start_services(settings, metrics, stack)
+            _freeze_startup_heap()
             yield
 
     app = FastAPI(

@@ -67,6 +67,13 @@ class Guard:
             raise DependencyDown(dependency, exc) from exc
 
 
+# A remembered history: (items, event types, version, known). Plain tuples of strings and
+# numbers, so the garbage collector stops tracking them: a cache of 100k users then adds
+# nothing to the full collections that would otherwise traverse every entry (tens of ms each,
+# every second or so under load).
+_Remembered = tuple[tuple[str, ...], tuple[str, ...], int, bool]
+
+
 class HistoryCache:
     """The last history read for each recent user, to answer while the database is down.
 
@@ -76,20 +83,19 @@ class HistoryCache:
 
     def __init__(self, max_users: int) -> None:
         self.max_users = max_users
-        self._entries: OrderedDict[str, UserHistory] = OrderedDict()
+        self._entries: OrderedDict[str, _Remembered] = OrderedDict()
 
     def remember(self, history: UserHistory) -> None:
         if self.max_users == 0:
             return
         known = self._entries.get(history.user_id)
-        if known is None or not _same(known, history):
+        if known is None or known[2] != history.version or len(known[0]) != len(history.items):
             # Every read brings fresh string objects; kept as they are, a cache of tens of
             # thousands of users holds a copy of the same item ids per user and event. Interned,
             # each distinct id (and event type) is stored once, shared with every other entry.
-            self._entries[history.user_id] = UserHistory(
-                history.user_id,
-                [sys.intern(item) for item in history.items],
-                [sys.intern(kind) for kind in history.event_types],
+            self._entries[history.user_id] = (
+                tuple([sys.intern(item) for item in history.items]),
+                tuple([sys.intern(kind) for kind in history.event_types]),
                 history.version,
                 history.known,
             )
@@ -98,10 +104,14 @@ class HistoryCache:
             self._entries.popitem(last=False)
 
     def get(self, user_id: str) -> UserHistory | None:
-        return self._entries.get(user_id)
+        known = self._entries.get(user_id)
+        if known is None:
+            return None
+        items, kinds, version, is_known = known
+        return UserHistory(user_id, list(items), list(kinds), version, is_known)
 
     def add_event(self, event: NewEvent, window: int) -> UserHistory:
-        known = self._entries.get(event.user_id)
+        known = self.get(event.user_id)
         items = [*(known.items if known else []), event.item_id][-window:]
         kinds = [*(known.event_types if known else []), event.event_type][-window:]
         updated = UserHistory(
@@ -113,11 +123,6 @@ class HistoryCache:
         )
         self.remember(updated)
         return updated
-
-
-def _same(known: UserHistory, read: UserHistory) -> bool:
-    """Same version, same window: nothing new to store."""
-    return known.version == read.version and len(known.items) == len(read.items)
 
 
 class FailoverRateLimiter:
