@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import multiprocessing
 import threading
 from collections.abc import Sequence
@@ -177,6 +178,10 @@ def _serve(conn: Connection, path: str, torch_threads: int) -> None:
     except Exception as exc:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
+    # torch's import and the loaded model are ~200k objects that live as long as the process;
+    # frozen, full collections stop traversing them (13-43 ms pauses mid-batch before).
+    gc.collect()
+    gc.freeze()
     conn.send(("ready", predictor.version))
     while True:
         try:
