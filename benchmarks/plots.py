@@ -28,6 +28,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, LogLocator, NullLocator, ScalarFormatter
 
+import docs_section
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 DOCS_BEGIN = "<!-- plots:begin (written by benchmarks/plots.py; do not edit) -->"
@@ -469,10 +471,10 @@ def splice_section(text: str, section: str) -> str:
     before the next heading), so the page's introduction stays first; with no heading at all,
     at the top. Text outside the markers is never changed.
     """
-    block = f"{DOCS_BEGIN}\n{section.strip()}\n{DOCS_END}\n"
-    begin, end = text.find(DOCS_BEGIN), text.find(DOCS_END)
-    if begin != -1 and end > begin:
-        return text[:begin] + block + text[end + len(DOCS_END) :].removeprefix("\n")
+    return docs_section.splice_section(text, section, DOCS_BEGIN, DOCS_END, _after_intro)
+
+
+def _after_intro(text: str, block: str) -> str:
     lines = text.splitlines(keepends=True)
     headings = [i for i, line in enumerate(lines) if line.startswith("#")]
     if not headings:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+import docs_section
 from moerec.config import VARIANTS, ExperimentConfig, load_config, resolve_variant
 from moerec.data.dataset import Dataset, dataset_from_interactions, load_dataset
 from moerec.data.synthetic import generate_interactions
@@ -214,15 +215,15 @@ def write_docs(path: Path, results_dir: Path) -> None:
 
 
 def splice_section(text: str, section: str) -> str:
-    """``text`` with the marked quality section replaced by ``section`` (or appended)."""
-    block = f"{DOCS_BEGIN}\n{section.strip()}\n{DOCS_END}\n"
-    begin, end = text.find(DOCS_BEGIN), text.find(DOCS_END)
-    if begin != -1 and end > begin:
-        rest = text[end + len(DOCS_END) :].lstrip("\n")
-        return text[:begin] + block + ("\n" + rest if rest else "")
-    if not text.strip():
-        return "\n".join(PAGE_HEADER) + "\n" + block
-    return text.rstrip("\n") + "\n\n" + block
+    """``text`` with the marked quality section replaced by ``section``; on an empty page, the
+    page's header first."""
+
+    def new_page(text: str, block: str) -> str:
+        if not text.strip():
+            return "\n".join(PAGE_HEADER) + "\n" + block
+        return text.rstrip("\n") + "\n\n" + block
+
+    return docs_section.splice_section(text, section, DOCS_BEGIN, DOCS_END, new_page)
 
 
 def render_markdown(results_dir: Path) -> str:

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import docs_section
 from moerec.config import EvalConfig, ExperimentConfig, ModelConfig, TrainConfig
 from moerec.data.sequences import Sequences
 from moerec.data.split import EvalSet
@@ -454,11 +455,7 @@ def write_docs(path: Path, report: dict[str, Any]) -> None:
 
 def splice_section(text: str, section: str) -> str:
     """``text`` with the marked scale section replaced by ``section`` (or appended)."""
-    block = f"{DOCS_BEGIN}\n{section.strip()}\n{DOCS_END}\n"
-    begin, end = text.find(DOCS_BEGIN), text.find(DOCS_END)
-    if begin != -1 and end > begin:
-        return text[:begin] + block + text[end + len(DOCS_END) :].lstrip("\n")
-    return (text.rstrip("\n") + "\n\n" if text.strip() else "") + block
+    return docs_section.splice_section(text, section, DOCS_BEGIN, DOCS_END)
 
 
 def _n(value: int) -> str:

@@ -56,6 +56,8 @@ from urllib.parse import quote
 
 import numpy as np
 
+import docs_section
+
 REPO = Path(__file__).resolve().parents[1]
 LUA_SCRIPT = REPO / "benchmarks" / "wrk" / "users.lua"
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "serving.json"
@@ -1190,12 +1192,7 @@ def write_docs(path: Path, report: dict[str, Any]) -> None:
 
 def splice_section(text: str, section: str) -> str:
     """``text`` with the marked serving section replaced by ``section`` (or appended)."""
-    block = f"{DOCS_BEGIN}\n{section.strip()}\n{DOCS_END}\n"
-    begin, end = text.find(DOCS_BEGIN), text.find(DOCS_END)
-    if begin != -1 and end > begin:
-        rest = text[end + len(DOCS_END) :].lstrip("\n")
-        return text[:begin] + block + ("\n" + rest if rest else "")
-    return (text.rstrip("\n") + "\n\n" if text.strip() else "") + block
+    return docs_section.splice_section(text, section, DOCS_BEGIN, DOCS_END)
 
 
 def render_section(report: dict[str, Any]) -> str:

@@ -60,6 +60,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+import docs_section
 from serving import (
     UNLIMITED,
     BenchmarkError,
@@ -1140,11 +1141,7 @@ def write_docs(path: Path, report: dict[str, Any]) -> None:
 
 def splice_section(text: str, section: str) -> str:
     """``text`` with the marked soak section replaced by ``section`` (or appended)."""
-    block = f"{DOCS_BEGIN}\n{section.strip()}\n{DOCS_END}\n"
-    begin, end = text.find(DOCS_BEGIN), text.find(DOCS_END)
-    if begin != -1 and end > begin:
-        return text[:begin] + block + text[end + len(DOCS_END) :].lstrip("\n")
-    return (text.rstrip("\n") + "\n\n" if text.strip() else "") + block
+    return docs_section.splice_section(text, section, DOCS_BEGIN, DOCS_END)
 
 
 def _pct(value: float | None, digits: int = 2) -> str:

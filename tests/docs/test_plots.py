@@ -22,6 +22,8 @@ IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 
 @functools.cache
 def plots_module() -> ModuleType:
+    if str(SCRIPT.parent) not in sys.path:  # as `python benchmarks/plots.py` has it
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("benchmark_plots", SCRIPT)
     assert spec is not None
     assert spec.loader is not None
