@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from moerec.serving.background import stop_task
 from moerec.storage import Storage
 
 log = logging.getLogger("moerec.audit")
@@ -65,9 +66,7 @@ class AuditTrail:
             return
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), timeout=5)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await stop_task(self._task)
         self._task = None
 
     async def _write_forever(self) -> None:

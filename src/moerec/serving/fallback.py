@@ -7,10 +7,10 @@ the background, so it follows what users do now rather than what the training da
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Collection
 
+from moerec.serving.background import stop_task
 from moerec.storage import Storage
 
 log = logging.getLogger("moerec.serving")
@@ -35,11 +35,8 @@ class PopularItems:
         self._task = asyncio.create_task(self._refresh_forever(), name="moerec-popularity")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     def top(
         self, k: int, exclude: Collection[str] = (), candidates: Collection[str] | None = None

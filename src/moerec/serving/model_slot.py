@@ -11,7 +11,6 @@ restarted by ``supervise`` (a reload of the same artefact).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import Any
 
 from moerec.inference import BatchReport, MicroBatcher, Predictor, PredictorProcess
 from moerec.registry import resolve_artefact
+from moerec.serving.background import stop_task
 
 log = logging.getLogger("moerec.serving")
 
@@ -163,11 +163,8 @@ class ModelSlot:
                 on_restart(restarted)
 
     async def close(self) -> None:
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
-            self._supervisor = None
+        await stop_task(self._supervisor)
+        self._supervisor = None
         if self._current is not None:
             await self._current.close()
             self._current = None

@@ -13,7 +13,6 @@ is not loaded, and a service started on one version folder has nothing to watch.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Literal
 from moerec import MoerecError
 from moerec.registry import pointer_signature, resolve_artefact
 from moerec.registry.artefact import MANIFEST
+from moerec.serving.background import stop_task
 from moerec.serving.model_slot import LoadedModel, ModelSlot
 
 log = logging.getLogger("moerec.serving")
@@ -62,11 +62,8 @@ class ModelWatcher:
         self._task = asyncio.create_task(self._watch_forever(), name="moerec-model-watch")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def check_once(self) -> bool:
         """Load the promoted version if the pointer was written since the last check.

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from moerec.serving.background import stop_task
 from moerec.serving.breaker import BreakerBoard, CircuitOpenError
 from moerec.serving.ratelimit import Decision, Limit, LocalRateLimiter, RateLimiter
 from moerec.storage import (
@@ -214,11 +215,8 @@ class SpoolReplayer:
         return report.replayed
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:
