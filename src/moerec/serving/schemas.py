@@ -25,9 +25,6 @@ Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 IdempotencyKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:\-]{8,128}$")]
 
 EventType = Literal["view", "click", "add_to_cart", "purchase", "like", "rating", "dismiss"]
-# A dismissal says "not this": it is not part of the history the model reads, and the item is
-# not recommended to that user again.
-NOT_IN_HISTORY: frozenset[str] = frozenset({"dismiss"})
 MAX_CLOCK_SKEW = timedelta(hours=1)
 ArmName = Literal["control", "challenger"]
 ARM_DESCRIPTION = (

@@ -34,9 +34,9 @@ from moerec.serving.resilience import (
     HistoryCache,
     SpoolReplayer,
 )
-from moerec.serving.schemas import NOT_IN_HISTORY
 from moerec.storage import NewEvent, Storage, StoredEvent, UserHistory
 from moerec.storage.cache import ResponseCache, cache_key
+from moerec.storage.database import NEGATIVE_EVENT_TYPES
 from moerec.storage.spool import EventSpool, SpooledEvent
 
 log = logging.getLogger("moerec.serving")
@@ -97,7 +97,7 @@ async def load_subject(
     items: list[str] = []
     dismissed: set[str] = set()
     for item, kind in zip(stored.items, stored.event_types, strict=True):
-        if kind in NOT_IN_HISTORY:
+        if kind in NEGATIVE_EVENT_TYPES:  # "not this": out of the history, never shown again
             dismissed.add(item)
         else:
             items.append(item)

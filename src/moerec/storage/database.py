@@ -71,7 +71,9 @@ T = TypeVar("T")
 
 WRITE_CHUNK = 5000  # rows per executemany / transaction on the bulk paths
 IN_CHUNK = 1000  # ids per IN (...) list; well under SQLite's bound-parameter limit
-# Event types that are feedback against an item; they do not make it popular.
+# Event types that are feedback against an item ("dismiss": not this). They do not make it
+# popular, they are not part of the history the model reads (serving, retraining), and the
+# item is not recommended to that user again.
 NEGATIVE_EVENT_TYPES: frozenset[str] = frozenset({"dismiss"})
 DEFAULT_TIMEOUT = 5.0  # seconds: connect, statement (PostgreSQL), pool checkout, lock wait
 # How long a synchronous SQLite history read may wait on a busy database before it hands over
