@@ -219,7 +219,6 @@ async def _start_services(
         limiter,
         verifier,
         metrics,
-        models,
         popular,
         audit,
         guard,

@@ -55,14 +55,18 @@ class Services:
     limiter: RateLimiter
     verifier: TokenVerifier
     metrics: ServiceMetrics
-    models: ModelSlot
     popular: PopularItems
     audit: AuditTrail
     guard: Guard
     histories: HistoryCache
     spool: EventSpool
     replayer: SpoolReplayer
-    arms: Arms  # ``models`` is its control slot
+    arms: Arms
+
+    @property
+    def models(self) -> ModelSlot:
+        """The control arm's slot: the model every request uses when no experiment runs."""
+        return self.arms.control
 
 
 @dataclass(frozen=True)
