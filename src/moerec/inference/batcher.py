@@ -58,6 +58,7 @@ class MicroBatcher:
         on_batch: Callable[[BatchReport], None] | None = None,
         runner: Callable[[Sequence[Query]], list[Recommendation]] | None = None,
         async_runner: Callable[[Sequence[Query]], Awaitable[list[Recommendation]]] | None = None,
+        pipelined: bool = False,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -71,6 +72,13 @@ class MicroBatcher:
         # in a child process (``async_runner``: awaited on the loop, no thread involved).
         self.runner = runner or predictor.run
         self.async_runner = async_runner
+        # A pipelined runner (a model process) takes the next batch while it still computes
+        # the last one, so it never waits for this loop; up to two batches' worth of queries
+        # are handed over unanswered.
+        self.pipelined = pipelined and async_runner is not None
+        self._in_flight = 0  # queries handed to a pipelined runner, not answered yet
+        self._room: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         # Moving average of the gap between submissions (seconds); starts "slow" (no waits).
         self._gap = float("inf")
         self._last_submit: float | None = None
@@ -82,6 +90,7 @@ class MicroBatcher:
         if self._worker is not None:
             return
         self._queue = asyncio.Queue()
+        self._room = asyncio.Event()
         # One thread: forward passes run one at a time, each on torch's own intra-op threads.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moerec-infer")
         self._worker = asyncio.create_task(self._run(), name="moerec-micro-batcher")
@@ -91,12 +100,14 @@ class MicroBatcher:
         if self._worker is None or self._queue is None:
             return
         await self._queue.join()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
         self._worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._worker
         if self._executor is not None:
             self._executor.shutdown(wait=True)
-        self._worker = self._queue = self._executor = None
+        self._worker = self._queue = self._executor = self._room = None
 
     async def __aenter__(self) -> MicroBatcher:
         await self.start()
@@ -129,8 +140,12 @@ class MicroBatcher:
     async def _run(self) -> None:
         if self._queue is None:
             raise BatcherClosedError("the micro-batcher's worker ran before start()")
+        in_flight_limit = 2 * self.max_batch_size
         while True:
             batch = [await self._queue.get()]
+            while self._room is not None and self.pipelined and self._in_flight >= in_flight_limit:
+                self._room.clear()
+                await self._room.wait()
             # Requests that queued up during the previous forward pass go together at once,
             # however long they have waited; only then wait (briefly) for companions.
             while len(batch) < self.max_batch_size and not self._queue.empty():
@@ -147,11 +162,27 @@ class MicroBatcher:
                     batch.append(await asyncio.wait_for(self._queue.get(), remaining))
                 except TimeoutError:
                     break
+            if self.pipelined:
+                self._in_flight += len(batch)
+                task = asyncio.create_task(self._serve_pipelined(batch, self._queue))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                continue
             try:
                 await self._serve(batch)
             finally:
                 for _ in batch:
                     self._queue.task_done()
+
+    async def _serve_pipelined(self, batch: list[_Request], queue: asyncio.Queue[_Request]) -> None:
+        try:
+            await self._serve(batch)
+        finally:
+            self._in_flight -= len(batch)
+            if self._room is not None:
+                self._room.set()
+            for _ in batch:
+                queue.task_done()
 
     async def _serve(self, batch: list[_Request]) -> None:
         started = time.perf_counter()

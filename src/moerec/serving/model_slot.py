@@ -115,7 +115,10 @@ class ModelSlot:
             predictor = await asyncio.to_thread(Predictor.from_path, target)
             process = None
             if self.model_process:  # forward passes (and their warm-up) happen in the child
-                process = PredictorProcess(target, self.torch_threads)
+                # The child reports its own forward passes: it merges pipelined batches.
+                process = PredictorProcess(
+                    target, self.torch_threads, self.batch_max_size, on_pass=self.on_batch
+                )
                 await asyncio.to_thread(process.start)
             else:
                 await asyncio.to_thread(predictor.warm_up)
@@ -123,8 +126,9 @@ class ModelSlot:
                 predictor,
                 self.batch_max_size,
                 self.batch_max_wait_ms,
-                on_batch=self.on_batch,
+                on_batch=self.on_batch if process is None else None,
                 async_runner=process.run_async if process is not None else None,
+                pipelined=process is not None,
             )
             await batcher.start()
             new = LoadedModel(predictor, batcher, target, process)
