@@ -28,9 +28,10 @@ from moerec.config import ServiceSettings
 from moerec.serving.audit import AuditEntry, AuditTrail
 from moerec.serving.auth import TokenVerifier
 from moerec.serving.breaker import BreakerBoard, BreakerSettings, State
-from moerec.serving.errors import ApiError
+from moerec.serving.errors import ApiError, dependency_unavailable, internal_error
 from moerec.serving.experiment import CHALLENGER, CONTROL, Arm, Arms, Split, breaker_name
 from moerec.serving.fallback import PopularItems
+from moerec.serving.hot_path import HotPath
 from moerec.serving.metrics import ServiceMetrics
 from moerec.serving.middleware import BodyTooLargeError, ServiceMiddleware
 from moerec.serving.model_slot import LoadedModel, ModelSlot
@@ -93,6 +94,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         app.include_router(router.router)
     install_ui(app, settings)  # the /ui/ playground: on in development mode
     _install_error_handlers(app)
+    # Innermost of the three layers: CORS and the request id, metrics and log line apply to
+    # the requests it answers too.
+    app.add_middleware(HotPath, owner=app)
     if settings.cors_origins:  # closed by default: browsers may call only the listed origins
         app.add_middleware(
             CORSMiddleware,
@@ -323,17 +327,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def dependency_down(request: Request, exc: DependencyDown) -> Response:
         """Only what cannot degrade gets here (catalogue and history reads, cache flush)."""
         log.warning("dependency unavailable", extra={"path": request.url.path, "error": str(exc)})
-        response = json(
-            {
-                "error": {
-                    "code": f"{exc.dependency}_unavailable",
-                    "message": f"the {exc.dependency} is unavailable; retry shortly",
-                }
-            },
-            503,
-        )
-        response.headers["Retry-After"] = "1"
-        return response
+        return await api_error(request, dependency_unavailable(exc.dependency))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
@@ -371,16 +365,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", extra={"path": request.url.path})
-        return json(
-            {
-                "error": {
-                    "code": "internal_error",
-                    "message": "the service failed to answer; the error is logged with this "
-                    "request's X-Request-ID",
-                }
-            },
-            500,
-        )
+        return await api_error(request, internal_error())
 
 
 def _validation_detail(error: Any) -> dict[str, str]:

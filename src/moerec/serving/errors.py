@@ -44,3 +44,22 @@ class ApiError(Exception):
 
     def __repr__(self) -> str:
         return f"ApiError({self.status}, {self.code!r}, {self.message!r})"
+
+
+def dependency_unavailable(dependency: str) -> ApiError:
+    """The 503 for a dependency that cannot degrade (catalogue and history reads, flushes)."""
+    return ApiError(
+        503,
+        f"{dependency}_unavailable",
+        f"the {dependency} is unavailable; retry shortly",
+        {"Retry-After": "1"},
+    )
+
+
+def internal_error() -> ApiError:
+    """The 500 for an unexpected failure: no detail leaves the process, the log has it."""
+    return ApiError(
+        500,
+        "internal_error",
+        "the service failed to answer; the error is logged with this request's X-Request-ID",
+    )
