@@ -189,6 +189,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     moerec_command = _moerec_command()
     settings = _service_settings(args)
     load_before = os.getloadavg()
+    speed_before = cpu_speed()
     with tempfile.TemporaryDirectory(prefix="moerec-serving-") as tmp_name:
         tmp = Path(tmp_name)
         dataset, config = _prepare_data(args)
@@ -248,6 +249,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "measured_at": time.strftime("%Y-%m-%d"),
         "machine": _machine(wrk),
         "load_average": {"before": list(load_before), "after": list(load_after)},
+        # The same machine type runs at different speeds from day to day (shared hosts): this
+        # tells two runs' absolute figures apart; ratios within one run stay comparable.
+        "cpu_speed_s": {"before": speed_before, "after": cpu_speed()},
         "code": {
             "server_source_sha256": source_digest(server_code),
             "ceiling_source_sha256": source_digest(ceiling_code),
@@ -493,6 +497,29 @@ def _tokens(settings: Any) -> dict[str, str]:
         "reader": mint_token(settings, SUBJECT, ["recommend", "recommend:any"], 4 * 3600),
         "admin": mint_token(settings, f"{SUBJECT}-admin", ["admin"], 4 * 3600),
     }
+
+
+def _speed_note(report: dict[str, Any]) -> str:
+    speed = report.get("cpu_speed_s")
+    if not speed:
+        return ""
+    return (
+        f"; CPU speed: a 10M-step Python loop took {speed['before']:.2f} s before the run and "
+        f"{speed['after']:.2f} s after"
+    )
+
+
+def cpu_speed() -> float:
+    """Seconds for a fixed pure-Python loop (10M additions), best of three: the machine's
+    single-core speed at the moment, on the scale of the interpreter work a request does."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(10_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best, 3)
 
 
 def _machine(wrk: str) -> dict[str, Any]:
@@ -1207,8 +1234,8 @@ def render_section(report: dict[str, Any]) -> str:
         "## Serving over HTTP (`benchmarks/serving.py`)",
         "",
         f"Measured {report['measured_at']} on {machine['cpus']} CPU cores (torch "
-        f"{machine['torch']}, Python {machine['python']}, {machine['wrk']}): "
-        f"`{report['command']}`.",
+        f"{machine['torch']}, Python {machine['python']}, {machine['wrk']}"
+        f"{_speed_note(report)}): `{report['command']}`.",
         f"`moerec serve` in its own process on loopback (uvicorn, one worker, SQLite, "
         f"{s['cache']} cache, micro-batches of at most {s['batch_max_size']} waiting at most "
         f"{s['batch_max_wait_ms']:g} ms, {_n(s['torch_threads'], 'torch thread')}, "
