@@ -105,6 +105,16 @@ ChunkRowsOpt = Annotated[
         "whole; default: stream files of 256 MiB or more). Sets data.chunk_rows.",
     ),
 ]
+ItemFeaturesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--item-features",
+        help="Item attributes to train with: an item2attributes .json file (S3-Rec), "
+        "MovieLens u.item (genres) or a .csv of item_id,attribute rows, with the item ids of "
+        "the interactions. Sets data.item_features and, when the config leaves it at 'none', "
+        "model.item_feature_mode=sum.",
+    ),
+]
 MIN_TRAINING_EVENTS = 100
 
 
@@ -138,6 +148,18 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
 def _chunk_rows_override(chunk_rows: int | None) -> dict[str, Any]:
     """``--chunk-rows`` as a config override (the reader takes it from ``data.chunk_rows``)."""
     return {} if chunk_rows is None else {"data.chunk_rows": chunk_rows}
+
+
+def _with_item_features(cfg: ExperimentConfig, item_features: Path | None) -> ExperimentConfig:
+    """``--item-features``: the file in ``data.item_features``, and the model set to use it
+    unless the config already chose how."""
+    if item_features is None:
+        return cfg
+    model = cfg.model
+    if model.item_feature_mode == "none":
+        model = model.model_copy(update={"item_feature_mode": "sum"})
+    data = cfg.data.model_copy(update={"item_features": item_features})
+    return cfg.model_copy(update={"data": data, "model": model})
 
 
 def _load_data(data: Path, fmt: str, config: ExperimentConfig) -> Any:
@@ -274,6 +296,7 @@ def train(
     ] = None,
     overrides: SetOpt = None,
     chunk_rows: ChunkRowsOpt = None,
+    item_features: ItemFeaturesOpt = None,
     run_dir: Annotated[
         Path | None, typer.Option("--run-dir", help="Where to write the log, plots, checkpoint.")
     ] = None,
@@ -299,6 +322,7 @@ def train(
 
     with user_errors(), distributed_session() as ctx:
         cfg = _experiment(config, overrides, variant, _chunk_rows_override(chunk_rows))
+        cfg = _with_item_features(cfg, item_features)
         dataset = _load_source(
             data, fmt, from_db, database_url, cfg, min_events=min_events,
             progress=not quiet and ctx.is_main,
@@ -410,7 +434,13 @@ def evaluate(
 
 
 def _matching_data(data: Path, fmt: str, artefact: Any) -> Any:
-    dataset = _load_data(data, fmt, artefact.config)
+    config = artefact.config
+    # The model carries its item attribute table: the interactions are all this needs, so a
+    # feature file that has moved since training does not matter.
+    config = config.model_copy(
+        update={"data": config.data.model_copy(update={"item_features": None})}
+    )
+    dataset = _load_data(data, fmt, config)
     if dataset.vocab.item_ids != artefact.vocab.item_ids:
         raise MoerecError(
             f"{data}: its item catalogue differs from the one {artefact.path} was trained on; "

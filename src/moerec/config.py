@@ -49,6 +49,11 @@ class DataConfig(_Strict):
         description="Read CSV/Parquet files this many rows at a time, in bounded memory; 0 reads "
         "them whole; unset streams files of 256 MiB or more in 100,000-row chunks.",
     )
+    item_features: Path | None = Field(
+        None,
+        description="Item attributes: an item2attributes .json file, MovieLens u.item (genres) "
+        "or a .csv of item_id,attribute rows; used by model.item_feature_mode.",
+    )
 
 
 class ModelConfig(_Strict):
@@ -66,6 +71,17 @@ class ModelConfig(_Strict):
     ffn_hidden_size: int = Field(128, ge=1, description="Hidden width of ONE expert.")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Embedding and residual dropout.")
     attention_dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    item_feature_mode: Literal["none", "sum"] = Field(
+        "none",
+        description="'sum': an item's vector (input and tied head) is its embedding plus the "
+        "mean of its attribute embeddings (needs data.item_features).",
+    )
+    num_attributes: int = Field(
+        0, ge=0, description="Attribute vocabulary size (set from the data)."
+    )
+    max_item_attributes: int = Field(
+        0, ge=0, description="Most attributes of one item (set from the data)."
+    )
     moe_num_experts: int = Field(8, ge=1, description="Experts per MoE layer (1 = dense FFN).")
     moe_top_k: int = Field(2, ge=1, description="Experts per token in top-k routing.")
     moe_router: Literal["topk", "topp"] = Field(
@@ -80,6 +96,21 @@ class ModelConfig(_Strict):
     moe_capacity_factor_eval: float = Field(0.0, ge=0.0)
     moe_balance_coef: float = Field(0.01, ge=0.0, description="Switch load-balance loss weight.")
     moe_z_coef: float = Field(0.001, ge=0.0, description="Router z-loss weight.")
+    moe_num_shared_experts: int = Field(
+        0,
+        ge=0,
+        description="Always-on experts per MoE layer (DeepSeekMoE), each ffn_hidden_size wide: "
+        "every token passes through them besides its routed experts.",
+    )
+    moe_balance: Literal["aux_loss", "bias"] = Field(
+        "aux_loss",
+        description="'aux_loss': the Switch loss (moe_balance_coef); 'bias': auxiliary-loss-free "
+        "balancing (DeepSeek-V3), a per-expert routing bias nudged towards equal load after "
+        "every training step.",
+    )
+    moe_bias_update_rate: float = Field(
+        0.001, gt=0.0, description="Bias change per training batch with moe_balance 'bias'."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -99,6 +130,11 @@ class ModelConfig(_Strict):
             and not (self.moe_min_k <= self.moe_max_k <= self.moe_num_experts)
         ):
             raise ValueError("top-p routing needs moe_min_k <= moe_max_k <= moe_num_experts")
+        if self.moe_num_shared_experts and not self.is_moe:
+            raise ValueError(
+                "moe_num_shared_experts needs moe_num_experts > 1 (a dense model has no "
+                "experts); widen ffn_hidden_size instead"
+            )
         return self
 
     @property
@@ -107,10 +143,11 @@ class ModelConfig(_Strict):
 
     @property
     def active_experts(self) -> int:
-        """Experts a token may use at most (k for top-k, max_k for top-p)."""
+        """Experts a token may use at most: routed (k for top-k, max_k for top-p) + shared."""
         if not self.is_moe:
             return 1
-        return self.moe_max_k if self.moe_router == "topp" else self.moe_top_k
+        routed = self.moe_max_k if self.moe_router == "topp" else self.moe_top_k
+        return routed + self.moe_num_shared_experts
 
 
 class TrainConfig(_Strict):
@@ -192,17 +229,21 @@ class ExperimentConfig(_Strict):
 def dense_variant(model: ModelConfig, variant: Variant) -> ModelConfig:
     """The dense model to compare a MoE config against.
 
-    ``dense-active`` matches the MoE's active feed-forward FLOPs (k experts' width);
-    ``dense-params`` matches its total feed-forward parameters (all E experts' width).
+    ``dense-active`` matches the MoE's active feed-forward FLOPs (k routed + S shared experts'
+    width); ``dense-params`` matches its total feed-forward parameters (E routed + S shared).
     Attention, embeddings and head are identical, so every difference is the FFN.
     """
     if variant == "moe":
         return model
-    width = model.active_experts if variant == "dense-active" else model.moe_num_experts
+    if variant == "dense-active":
+        width = model.active_experts
+    else:
+        width = model.moe_num_experts + model.moe_num_shared_experts
     return model.model_copy(
         update={
             "ffn_hidden_size": model.ffn_hidden_size * width,
             "moe_num_experts": 1,
+            "moe_num_shared_experts": 0,
             "moe_top_k": 1,
             "moe_router": "topk",
             "moe_min_k": 1,

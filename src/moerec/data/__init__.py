@@ -6,7 +6,8 @@ Typical use::
     dataset.split.train, dataset.split.valid, dataset.split.test
 
 Readers cover MovieLens (100K, 1M, latest), S3-Rec sequence files, SASRec pair files, generic
-CSV/TSV and Parquet; :mod:`moerec.data.synthetic` generates a structured log for demos and tests.
+CSV/TSV and Parquet; :mod:`moerec.data.features` reads item attributes (``data.item_features``);
+:mod:`moerec.data.synthetic` generates a structured log for demos and tests.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from moerec.data.dataset import Dataset, dataset_from_interactions, load_dataset
 from moerec.data.errors import DataError, DataFormatError, UnknownIdError
 from moerec.data.events import InteractionsBuilder
+from moerec.data.features import ItemFeatures, load_item_features, read_item_attributes
 from moerec.data.interactions import Interactions
 from moerec.data.preprocess import filter_min_rating, k_core
 from moerec.data.readers import FORMATS, detect_format, read_interactions
@@ -31,6 +33,7 @@ __all__ = [
     "EvalSet",
     "Interactions",
     "InteractionsBuilder",
+    "ItemFeatures",
     "LeaveOneOutSplit",
     "Sequences",
     "UnknownIdError",
@@ -43,7 +46,9 @@ __all__ = [
     "k_core",
     "leave_one_out",
     "load_dataset",
+    "load_item_features",
     "read_interactions",
+    "read_item_attributes",
     "read_item_titles",
     "synthetic_titles",
     "write_csv",

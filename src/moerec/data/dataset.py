@@ -12,6 +12,7 @@ import numpy as np
 
 from moerec.config import DataConfig
 from moerec.data.errors import DataError
+from moerec.data.features import ItemFeatures, load_item_features
 from moerec.data.interactions import Interactions
 from moerec.data.preprocess import filter_min_rating, k_core
 from moerec.data.readers import read_interactions
@@ -41,13 +42,19 @@ def fingerprint(vocab: Vocabulary, sequences: Sequences) -> str:
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A preprocessed data set: vocabulary, full sequences and the leave-one-out split."""
+    """A preprocessed data set: vocabulary, full sequences and the leave-one-out split.
+
+    ``item_features`` holds the items' attributes when ``data.item_features`` names a file.
+    They are not part of ``fingerprint``, which identifies the interactions alone: a model
+    evaluated on the same interactions without the feature file still matches its data.
+    """
 
     vocab: Vocabulary
     sequences: Sequences
     split: LeaveOneOutSplit
     fingerprint: str
     source: str
+    item_features: ItemFeatures | None = None
 
     @property
     def num_items(self) -> int:
@@ -92,19 +99,24 @@ def _filtered(interactions: Interactions, config: DataConfig) -> Interactions:
 def dataset_from_interactions(
     interactions: Interactions, config: DataConfig | None = None
 ) -> Dataset:
-    """Filter (rating, k-core) per ``config``, encode, sequence and split ``interactions``."""
+    """Filter (rating, k-core) per ``config``, encode, sequence and split ``interactions``;
+    read ``config.item_features`` for the items that are left, when it is set."""
     config = config or DataConfig()
     if len(interactions) == 0:
         raise DataError(f"{interactions.source}: there are no interactions")
     kept = _filtered(interactions, config)
     vocab = Vocabulary.build(kept)
     sequences = build_sequences(kept, vocab)
+    features = None
+    if config.item_features is not None:
+        features = load_item_features(config.item_features, vocab)
     dataset = Dataset(
         vocab=vocab,
         sequences=sequences,
         split=leave_one_out(sequences),
         fingerprint=fingerprint(vocab, sequences),
         source=interactions.source,
+        item_features=features,
     )
     logger.info("loaded %s: %s", dataset.source, dataset.stats())
     return dataset

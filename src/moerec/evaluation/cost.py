@@ -9,6 +9,10 @@ every token would show up here as E/k times the expected feed-forward FLOPs.
 "Feed-forward" means each block's ``.ffn`` module: for a MoE layer that is router + experts, for a
 dense model the dense FFN. It is exactly the part in which a MoE model and its dense baselines
 differ, so ``total_params - ffn_params`` is the same for all three variants.
+
+Shared experts (``moe_num_shared_experts``) are part of ``.ffn`` but not of its routed
+``Experts``: every token uses them, so they count in full towards the active parameters, and
+their FLOPs are measured like any other.
 """
 
 from __future__ import annotations
@@ -29,12 +33,12 @@ _HISTORY_SEED = 20240601  # fixed, so the default request (and its routing) is r
 @dataclass(frozen=True)
 class ModelCost:
     total_params: int  # all parameters (shared/tied ones counted once)
-    expert_params: int  # parameters inside Experts modules (all experts)
-    active_params_per_token: float  # total - experts + experts * (experts used per token / E)
-    ffn_params: int  # feed-forward params (router + experts, or dense FFN)
+    expert_params: int  # parameters inside routed Experts modules (all E; shared ones excluded)
+    active_params_per_token: float  # total - routed + routed * (routed experts per token / E)
+    ffn_params: int  # feed-forward params (router + routed and shared experts, or dense FFN)
     flops_per_request: int  # measured: encode one max_len history + score the catalogue
     ffn_flops_per_request: int  # the part of flops_per_request spent inside the .ffn modules
-    experts_per_token: float  # measured on that request, mean over MoE layers; 1.0 for dense
+    experts_per_token: float  # routed, measured on that request, mean over layers; 1.0 dense
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -123,6 +127,8 @@ def measure_cost(model: SequentialRecommender, history: Tensor | None = None) ->
     root = type(model).__name__
     ffn_flops = sum(sum(flops_by_module.get(f"{root}.{name}", {}).values()) for name in ffn_modules)
 
+    # Routed experts only: a shared expert serves every token, so it stays in the always-active
+    # remainder (total - routed) rather than being scaled by k/E.
     expert_modules = [m for m in model.modules() if isinstance(m, Experts)]
     total_params = _count_params([model])
     expert_params = _count_params(list(expert_modules))

@@ -71,6 +71,17 @@ class Predictor:
         self.score_chunk_items = score_chunk_items or artefact.config.eval.score_chunk_items
         if self.score_chunk_items < 1:
             raise MoerecError("score_chunk_items must be at least 1")
+        self.item_table = self._frozen_item_table()
+
+    def _frozen_item_table(self) -> Tensor | None:
+        """With item features, the head's table (embeddings plus attribute means), computed once
+        for all requests: the loaded model never changes, and the per-request alternative
+        gathers and averages every item's attribute embeddings before scoring. None without
+        features, where the table is the embedding matrix itself and costs nothing to read."""
+        if self.model.attribute_embedding is None:
+            return None
+        with torch.no_grad():
+            return self.model.item_table().detach()
 
     @classmethod
     def from_path(cls, path: Path | str, score_chunk_items: int | None = None) -> Predictor:
@@ -132,7 +143,7 @@ class Predictor:
         rows: np.ndarray,
     ) -> list[Recommendation]:
         """The reference path: one (B, V) score matrix, masked and ranked in place."""
-        scores = self.model.score(user_hidden)  # (B, V)
+        scores = self.model.score(user_hidden, self.item_table)  # (B, V)
         # scoring queries read raw scores: history exclusion would turn them into -inf
         filtered = [q.exclude_history and not q.score_only for q in queries]
         if all(filtered):
@@ -182,7 +193,7 @@ class Predictor:
             hidden = user_hidden[ranked]  # (B', D)
             exclusions = Exclusions.from_lists([self._excluded(queries[b]) for b in ranked])
             top_scores, top_items = chunked_topk(
-                lambda start, stop: self.model.score_range(hidden, start, stop),
+                lambda start, stop: self.model.score_range(hidden, start, stop, self.item_table),
                 self.model.config.num_items + 1,
                 min(max(queries[b].k for b in ranked), self.model.config.num_items),
                 self.score_chunk_items,
@@ -198,7 +209,7 @@ class Predictor:
             if not query.score_only:  # the whole-catalogue path keeps one column per item
                 picked = np.unique(picked)
             ids = torch.from_numpy(picked)
-            row = self.model.score_items(user_hidden[b : b + 1], ids)[0]  # (n,)
+            row = self.model.score_items(user_hidden[b : b + 1], ids, self.item_table)[0]
             row[ids == 0] = float("-inf")  # padding, as ``score`` has it
             if query.score_only:
                 results[b] = self._recommendation(ids, row, routing, b, keep_all=True)

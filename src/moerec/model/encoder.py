@@ -76,6 +76,9 @@ def build_feed_forward(config: ModelConfig) -> MoEFeedForward | DenseFeedForward
         max_k=config.moe_max_k,
         capacity_factor_train=config.moe_capacity_factor_train,
         capacity_factor_eval=config.moe_capacity_factor_eval,
+        num_shared_experts=config.moe_num_shared_experts,
+        balance=config.moe_balance,
+        bias_update_rate=config.moe_bias_update_rate,
     )
 
 

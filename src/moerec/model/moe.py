@@ -5,6 +5,7 @@ the sorted list into one contiguous slice per expert, run each expert on its sli
 scatter the weighted results back with ``index_add_``. Memory is O(slots × D); no dense
 (tokens × experts × capacity) one-hot tensor is ever built, and no expert touches a token that
 was not routed to it. ``reference.py`` holds a per-token loop that must give the same answer.
+Shared experts (DeepSeekMoE), when configured, run on every token beside the routed ones.
 
 Shapes: N tokens, D width, E experts, K slots per token, S kept slots (≤ N·K).
 """
@@ -33,7 +34,7 @@ class RoutingStats:
     num_tokens: int
     num_slots: int  # used slots (= N·k for top-k routing)
     entropy_sum: Tensor  # () sum over tokens of the router distribution's entropy (nats)
-    balance_loss: Tensor  # () Switch loss, 1.0 when perfectly balanced; 0 without gradients
+    balance_loss: Tensor  # () Switch loss, 1.0 when balanced; 0 without gradients or with bias
     z_loss: Tensor  # (); 0 without gradients
     experts: Tensor  # (N, K) expert ids per token
     weights: Tensor  # (N, K) combine weights (0 for unused slots)
@@ -114,7 +115,14 @@ def run_experts(experts: Experts, x: Tensor, plan: DispatchPlan) -> Tensor:
 
 
 class MoEFeedForward(nn.Module):
-    """Router + E experts: each token is processed by its chosen experts only."""
+    """Router + E experts: each token is processed by its chosen experts only.
+
+    With ``num_shared_experts`` S > 0 every token also passes through S always-on experts of the
+    same width, added with weight 1 (DeepSeekMoE): common knowledge lives there once instead of
+    in every routed expert. They are one FFN S·F wide, which computes exactly the sum of S
+    F-wide experts (their output biases add up to one), as DeepSeek-V3's code stores them.
+    Routing statistics stay about the routed experts.
+    """
 
     def __init__(
         self,
@@ -129,11 +137,34 @@ class MoEFeedForward(nn.Module):
         max_k: int = 4,
         capacity_factor_train: float = 0.0,
         capacity_factor_eval: float = 0.0,
+        num_shared_experts: int = 0,
+        balance: str = "aux_loss",
+        bias_update_rate: float = 0.001,
     ) -> None:
         super().__init__()
+        if num_shared_experts < 0:
+            raise ValueError(f"num_shared_experts must be >= 0, got {num_shared_experts}")
         self.num_experts = num_experts
-        self.router = Router(hidden_size, num_experts, router_mode, top_k, top_p, min_k, max_k)
+        self.num_shared_experts = num_shared_experts
+        self.router = Router(
+            hidden_size,
+            num_experts,
+            router_mode,
+            top_k,
+            top_p,
+            min_k,
+            max_k,
+            balance=balance,
+            bias_update_rate=bias_update_rate,
+        )
         self.experts = Experts(num_experts, hidden_size, ffn_hidden_size, dropout)
+        # Created only when asked for, so a model without them has today's parameters and
+        # draws today's random numbers at construction.
+        self.shared_experts = (
+            FeedForward(hidden_size, num_shared_experts * ffn_hidden_size, dropout)
+            if num_shared_experts
+            else None
+        )
         self.capacity_factor_train = capacity_factor_train
         self.capacity_factor_eval = capacity_factor_eval
 
@@ -148,6 +179,8 @@ class MoEFeedForward(nn.Module):
         capacity = expert_capacity(self.capacity_factor, num_slots, self.num_experts)
         plan = plan_dispatch(routing, self.num_experts, capacity)
         y = run_experts(self.experts, x, plan)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(x)
         return y, self._stats(routing, plan, num_slots)
 
     def _stats(self, routing: Routing, plan: DispatchPlan, num_slots: int) -> RoutingStats:
@@ -158,8 +191,12 @@ class MoEFeedForward(nn.Module):
         # they would be a dozen wasted operations per layer on every forward pass.
         needs_losses = torch.is_grad_enabled()
         zero = routing.logits.new_zeros(())
+        # Bias balancing replaces the Switch loss (DeepSeek-V3): balance without a gradient
+        # that competes with the task loss.
         balance = (
-            balance_loss(routing.probs, routing.experts, routing.mask) if needs_losses else None
+            balance_loss(routing.probs, routing.experts, routing.mask)
+            if needs_losses and self.router.balance == "aux_loss"
+            else None
         )
         return RoutingStats(
             expert_counts=plan.demand,

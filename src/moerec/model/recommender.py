@@ -3,6 +3,11 @@
 Histories are left-padded with item id 0, so the most recent item is always the last column and
 always gets the last position embedding, whatever the history's length.
 
+With ``item_feature_mode: sum`` an item's vector, in the input and in the tied head alike, is
+its own embedding plus the mean of its attributes' embeddings: items that share attributes
+share part of their vector, so a rarely seen item is scored partly by what its attributes
+learnt from the others. The attribute table travels in the state dict as a buffer.
+
 Shapes: B batch, T positions, D width, V catalogue size + 1 (column 0 is padding).
 """
 
@@ -11,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moerec.config import ModelConfig
@@ -41,7 +47,10 @@ class EncoderOutput:
 class SequentialRecommender(nn.Module):
     """Item + position embeddings → N causal blocks (MoE FFN) → head tied to item embeddings."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, item_attributes: Tensor | None = None) -> None:
+        """``item_attributes``: (num_items + 1, max_item_attributes) attribute ids per item,
+        0-padded, for ``item_feature_mode`` other than "none". Left out, the table is zeros
+        until ``load_state_dict`` fills it (rebuilding a saved model)."""
         super().__init__()
         if config.num_items < 1:
             raise ValueError("ModelConfig.num_items must be set from the data before building")
@@ -54,6 +63,42 @@ class SequentialRecommender(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size)
         self.apply(self._init_weights)
+        # Built after the other weights are drawn, so that with the same seed every weight the
+        # feature-free model has is drawn identically: the two differ only by the features.
+        self.attribute_embedding: nn.Embedding | None = None
+        if config.item_feature_mode == "none":
+            if item_attributes is not None:
+                raise ValueError("item_attributes given, but model.item_feature_mode is 'none'")
+        else:
+            self._build_item_features(config, item_attributes)
+
+    def _build_item_features(self, config: ModelConfig, item_attributes: Tensor | None) -> None:
+        if config.num_attributes < 1 or config.max_item_attributes < 1:
+            raise ValueError(
+                "ModelConfig.num_attributes and max_item_attributes must be set from the item "
+                f"features before building a model with item_feature_mode "
+                f"{config.item_feature_mode!r}"
+            )
+        shape = (config.num_items + 1, config.max_item_attributes)
+        if item_attributes is None:
+            item_attributes = torch.zeros(shape, dtype=torch.long)
+        elif tuple(item_attributes.shape) != shape:
+            raise ValueError(
+                f"item_attributes has shape {tuple(item_attributes.shape)}, expected {shape} "
+                "(num_items + 1, max_item_attributes)"
+            )
+        item_attributes = item_attributes.to(torch.long)
+        if item_attributes.numel() and (
+            int(item_attributes.min()) < 0 or int(item_attributes.max()) > config.num_attributes
+        ):
+            raise ValueError(f"item_attributes must hold ids 0..{config.num_attributes}")
+        if bool(item_attributes[PADDING_ID].any()):
+            raise ValueError("the padding item (row 0 of item_attributes) cannot have attributes")
+        self.attribute_embedding = nn.Embedding(
+            config.num_attributes + 1, config.hidden_size, padding_idx=PADDING_ID
+        )
+        self._init_weights(self.attribute_embedding)
+        self.register_buffer("item_attributes", item_attributes.clone())
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -84,7 +129,7 @@ class SequentialRecommender(nn.Module):
         positions = torch.arange(
             self.config.max_len - seq_len, self.config.max_len, device=item_seq.device
         )  # (T,) right-aligned
-        x = self.item_embedding(item_seq) + self.position_embedding(positions)  # (B, T, D)
+        x = self.item_vectors(item_seq) + self.position_embedding(positions)  # (B, T, D)
         x = self.embedding_dropout(x)
         mask = attention_mask(token_mask)  # (B, 1, T, T)
         aux_loss = x.new_zeros(())
@@ -113,42 +158,77 @@ class SequentialRecommender(nn.Module):
             last_position=last_position,
         )
 
-    def score(self, hidden: Tensor) -> Tensor:
-        """hidden: (..., D) -> logits (..., V) over the whole catalogue; padding gets -inf."""
-        logits = hidden @ self.item_embedding.weight.T  # (..., V)
+    def _attribute_means(self, embedding: nn.Embedding, rows: Tensor | slice) -> Tensor:
+        """Mean attribute embedding of the items in ``rows`` of the attribute table; zero for
+        an item without attributes. -> (N, D)"""
+        return F.embedding_bag(
+            self.get_buffer("item_attributes")[rows],  # (N, A)
+            embedding.weight,
+            mode="mean",
+            padding_idx=PADDING_ID,  # padding slots are left out of the mean
+        )
+
+    def item_vectors(self, items: Tensor) -> Tensor:
+        """items: (...) ids -> (..., D): each item's vector, as the input and the head see it."""
+        vectors = self.item_embedding(items)
+        if self.attribute_embedding is None:
+            return vectors
+        means = self._attribute_means(self.attribute_embedding, items.reshape(-1))  # (N, D)
+        return vectors + means.view(vectors.shape)
+
+    def item_table(self, start: int = 0, stop: int | None = None) -> Tensor:
+        """Item vectors of ids start..stop-1 (the whole (V, D) table by default): the tied
+        head's weights. Computed once per call, so score it against every position at once."""
+        weight = self.item_embedding.weight
+        if self.attribute_embedding is None:
+            return weight if start == 0 and stop is None else weight[start:stop]
+        rows = slice(start, stop)
+        return weight[rows] + self._attribute_means(self.attribute_embedding, rows)
+
+    def score(self, hidden: Tensor, table: Tensor | None = None) -> Tensor:
+        """hidden: (..., D) -> logits (..., V) over the whole catalogue; padding gets -inf.
+
+        ``table``, here and in the other scoring methods: the ``item_table()`` computed
+        beforehand, for a model that no longer changes (a predictor); None computes it.
+        """
+        logits = hidden @ (self.item_table() if table is None else table).T  # (..., V)
         logits[..., PADDING_ID] = float("-inf")
         return logits
 
-    def score_range(self, hidden: Tensor, start: int, stop: int) -> Tensor:
+    def score_range(
+        self, hidden: Tensor, start: int, stop: int, table: Tensor | None = None
+    ) -> Tensor:
         """hidden: (B, D) -> logits (B, stop - start) of item ids start..stop-1; padding -inf.
 
         One slice of ``score``: rankers walk the catalogue in such chunks so that no
         (B, V) matrix exists at once. The whole range is ``score`` itself, bit for bit.
         """
         if start == 0 and stop == self.item_embedding.num_embeddings:
-            return self.score(hidden)
-        logits = hidden @ self.item_embedding.weight[start:stop].T  # (B, stop - start)
+            return self.score(hidden, table)
+        rows = self.item_table(start, stop) if table is None else table[start:stop]
+        logits = hidden @ rows.T  # (B, stop - start)
         if start == PADDING_ID:
             logits[:, 0] = float("-inf")
         return logits
 
-    def score_items(self, hidden: Tensor, items: Tensor) -> Tensor:
+    def score_items(self, hidden: Tensor, items: Tensor, table: Tensor | None = None) -> Tensor:
         """hidden: (M, D), items: (N,) ids -> logits (M, N) of those items only.
 
         Reads N rows of the item table, so its cost does not grow with the catalogue.
         """
-        return hidden @ self.item_embedding(items).T  # (M, N)
+        vectors = self.item_vectors(items) if table is None else table[items]  # (N, D)
+        return hidden @ vectors.T  # (M, N)
 
     def score_pairs(self, hidden: Tensor, items: Tensor) -> Tensor:
         """hidden: (M, D), items: (M,) ids -> (M,) logit of each row's own item."""
-        return (hidden * self.item_embedding(items)).sum(dim=-1)  # (M,)
+        return (hidden * self.item_vectors(items)).sum(dim=-1)  # (M,)
 
     def item_logits(self, hidden: Tensor) -> Tensor:
         """hidden: (..., D) -> logits (..., V - 1) over real items only: column j is item j + 1.
 
         The training loss uses this form: no -inf padding column to trip label smoothing.
         """
-        return hidden @ self.item_embedding.weight[1:].T  # (..., V - 1)
+        return hidden @ self.item_table(1).T  # (..., V - 1)
 
     def encode_users(self, item_seq: Tensor) -> tuple[Tensor, EncoderOutput]:
         """The user representation: the last position's hidden state. -> (B, D), EncoderOutput.

@@ -29,4 +29,6 @@ def reference_moe_forward(layer: MoEFeedForward, x: Tensor) -> Tensor:
             taken[expert] += 1
             out = layer.experts.expert_forward(expert, x[token : token + 1])  # (1, D)
             y[token] += routing.weights[token, choice].to(x.dtype) * out[0]
+    if layer.shared_experts is not None:
+        y = y + layer.shared_experts(x)
     return y

@@ -110,7 +110,9 @@ class DistContext:
         expert weights take part in every step where any token is routed, even when one
         expert gets no token (its slice of the gradient is zero), and every other parameter
         is used on every step (DDP's own check agrees: with the flag on, it warns that it
-        found no unused parameter). The model has no buffers, so no per-step buffer sync.
+        found no unused parameter). The only buffers are the routers' balancing biases
+        (``moe_balance: bias``), which every process updates alike from all-reduced loads, so
+        DDP's per-step buffer broadcast from rank 0 changes nothing.
         """
         if not self.is_distributed:
             return module

@@ -15,6 +15,7 @@ validates, checkpoints, logs and decides when to stop.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import random
 import time
@@ -43,6 +44,14 @@ from moerec.training.sampled_softmax import SampledSoftmax, build_sampled_softma
 
 SELECTION_METRIC = "ndcg@10"
 CHECKPOINT_NAME = "checkpoint.pt"
+# ModelConfig fields that only exist for item features: left out of a feature-free run's
+# identity, so that checkpoints written before they existed still resume.
+_FEATURE_FIELDS = ("item_feature_mode", "num_attributes", "max_item_attributes")
+# MoE fields added later, with the value that turns them off: left out of a run's identity
+# while off, for the same reason.
+_LATER_MOE_FIELDS = {"moe_num_shared_experts": 0, "moe_balance": "aux_loss"}
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingError(MoerecError):
@@ -193,6 +202,42 @@ def train_step(
     return ce.detach(), aux.detach(), stats
 
 
+def fit_config_to_data(config: ExperimentConfig, dataset: Dataset) -> ExperimentConfig:
+    """``config`` with the sizes the data decides: the catalogue and, when the model uses item
+    features, the attribute vocabulary and the widest item's attribute count."""
+    config = config.with_num_items(dataset.num_items)
+    features = dataset.item_features
+    if config.model.item_feature_mode == "none":
+        if features is not None:
+            logger.warning(
+                "%s: item features were read but model.item_feature_mode is 'none', so the "
+                "model does not use them; set model.item_feature_mode: sum to use them",
+                features.source,
+            )
+        return config
+    if features is None:
+        raise TrainingError(
+            f"model.item_feature_mode is {config.model.item_feature_mode!r} but the data set "
+            "has no item features; set data.item_features to an attribute file "
+            "(or pass --item-features FILE to moerec train)"
+        )
+    model = config.model.model_copy(
+        update={
+            "num_attributes": features.num_attributes,
+            "max_item_attributes": features.max_attributes,
+        }
+    )
+    return config.model_copy(update={"model": model})
+
+
+def build_model(config: ExperimentConfig, dataset: Dataset) -> SequentialRecommender:
+    """A fresh model for ``dataset``; ``config`` must come from ``fit_config_to_data``."""
+    features = dataset.item_features
+    if config.model.item_feature_mode == "none" or features is None:
+        return SequentialRecommender(config.model)
+    return SequentialRecommender(config.model, torch.from_numpy(features.table))
+
+
 def train(
     dataset: Dataset,
     config: ExperimentConfig,
@@ -209,13 +254,13 @@ def train(
     progress and calls ``on_epoch``, and every process returns rank 0's result.
     """
     ctx = distributed or SINGLE_PROCESS
-    config = config.with_num_items(dataset.num_items)
+    config = fit_config_to_data(config, dataset)
     tc = config.train
     ctx.local_batch_size(tc.batch_size)  # refuses a batch the processes cannot share evenly
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     rng = seed_everything(tc.seed)
-    model = SequentialRecommender(config.model).to(ctx.device)
+    model = build_model(config, dataset).to(ctx.device)
     optimizer = build_optimizer(model, tc)
     users = trainable_users(dataset.split.train)
     if users.size == 0:
@@ -227,7 +272,7 @@ def train(
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch * tc.epochs)
     saved = ctx.run_on_main(lambda: _read_checkpoint(run_dir)) if resume else None
     log = RunLog(run_dir, append=resume) if run_dir is not None and ctx.is_main else None
-    identity = _run_identity(config, dataset.fingerprint)
+    identity = _run_identity(config, dataset)
 
     state: dict[str, Any] = {
         "epoch": 0, "best_score": -1.0, "best_epoch": 0, "bad_epochs": 0, "train_seconds": 0.0,
@@ -368,7 +413,7 @@ def _train_epoch(
     }
 
 
-def _run_identity(config: ExperimentConfig, fingerprint: str) -> dict[str, Any]:
+def _run_identity(config: ExperimentConfig, dataset: Dataset) -> dict[str, Any]:
     """What must not change between a run and its resumption (epochs and patience may)."""
     train = config.train.model_dump(mode="json")
     for free in ("epochs", "patience"):
@@ -376,7 +421,19 @@ def _run_identity(config: ExperimentConfig, fingerprint: str) -> dict[str, Any]:
     if config.train.loss == "ce":  # so checkpoints from before the sampled loss still resume
         for unused in ("loss", "num_negatives", "negative_sampler", "logq_correction"):
             train.pop(unused)
-    return {"model": config.model.model_dump(mode="json"), "train": train, "data": fingerprint}
+    model = config.model.model_dump(mode="json")
+    identity: dict[str, Any] = {"model": model, "train": train, "data": dataset.fingerprint}
+    for name, off in _LATER_MOE_FIELDS.items():
+        if model.get(name) == off:
+            model.pop(name)
+    if config.model.moe_balance != "bias":
+        model.pop("moe_bias_update_rate", None)
+    if config.model.item_feature_mode == "none":
+        for unused in _FEATURE_FIELDS:
+            model.pop(unused, None)
+    elif dataset.item_features is not None:  # other attributes are other training data
+        identity["item_features"] = dataset.item_features.fingerprint()
+    return identity
 
 
 def _save_checkpoint(
