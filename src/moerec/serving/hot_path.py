@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from moerec.serving import service
 from moerec.serving.auth import RECOMMEND, Principal, bearer_token
 from moerec.serving.errors import ApiError, dependency_unavailable, internal_error
+from moerec.serving.middleware import request_header
 from moerec.serving.ratelimit import rate_limited, request_limits
 from moerec.serving.resilience import DependencyDown
 from moerec.serving.schemas import ID_PATTERN
@@ -81,7 +82,7 @@ class HotPath:
         parameters = _parameters(scope["query_string"])
         if parameters is None:
             return None
-        authorization = _header(scope, b"authorization")
+        authorization = request_header(scope, b"authorization")
         if authorization is None:
             return None
         try:
@@ -148,14 +149,6 @@ def _parameters(query_string: bytes) -> tuple[int, bool] | None:
                 return None
             exclude_history = flag
     return k, exclude_history
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            decoded: str = value.decode("latin-1")
-            return decoded
-    return None
 
 
 async def _send_json(send: Send, status: int, payload: Any, headers: dict[str, str]) -> None:

@@ -46,7 +46,7 @@ class ServiceMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        given = _header(scope, b"x-request-id")
+        given = request_header(scope, b"x-request-id")
         request_id = given if given and _REQUEST_ID.match(given) else next(self._ids)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
@@ -68,7 +68,7 @@ class ServiceMiddleware:
 
         self.metrics.in_flight.inc()
         try:
-            length = _header(scope, b"content-length")
+            length = request_header(scope, b"content-length")
             if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
                 await _too_large(send_with_headers, self.max_body_bytes)
             else:
@@ -141,7 +141,8 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def request_header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower-case bytes, as ASGI gives them), or None."""
     for key, value in scope["headers"]:
         if key == name:
             decoded: str = value.decode("latin-1")
