@@ -7,6 +7,7 @@ FLOPs per request. Writes benchmarks/results/quality-<dataset>.json and docs/ben
 
     python benchmarks/quality.py --data-root PATH/TO/data            # Beauty + ML-100K, long
     python benchmarks/quality.py --data-root PATH --datasets beauty --variants moe
+    python benchmarks/quality.py --data-root PATH --datasets beauty --item-features
     python benchmarks/quality.py --tiny --output-dir results-tiny     # seconds; what CI runs
 """
 
@@ -34,14 +35,22 @@ from moerec.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS: dict[str, dict[str, str]] = {
-    "beauty": {"file": "amazon-beauty/Beauty.txt", "config": "configs/quality-beauty.yaml"},
+    "beauty": {
+        "file": "amazon-beauty/Beauty.txt",
+        "config": "configs/quality-beauty.yaml",
+        "features": "amazon-beauty/Beauty_item2attributes.json",
+    },
     "sports": {
         "file": "amazon-sports/Sports_and_Outdoors.txt",
         "config": "configs/quality-sports.yaml",
     },
     "toys": {"file": "amazon-toys/Toys_and_Games.txt", "config": "configs/quality-toys.yaml"},
     "yelp": {"file": "yelp/Yelp.txt", "config": "configs/quality-yelp.yaml"},
-    "ml-100k": {"file": "ml-100k/u.data", "config": "configs/quality-ml-100k.yaml"},
+    "ml-100k": {
+        "file": "ml-100k/u.data",
+        "config": "configs/quality-ml-100k.yaml",
+        "features": "ml-100k/u.item",
+    },
 }
 # Best published full-ranking figures on the same files, for context (not our measurements).
 PUBLISHED = {
@@ -67,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     names = ["tiny"] if args.tiny else args.datasets.split(",")
     for name in names:
         dataset, config = prepare(name, args)
-        path = args.output_dir / f"quality-{name}.json"
+        suffix = "-features" if args.item_features else ""
+        path = args.output_dir / f"quality-{name}{suffix}.json"
         run_dataset(name, dataset, config, args, path)
     if args.docs is not None:
         write_docs(args.docs, args.output_dir)
@@ -87,6 +97,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default).")
     p.add_argument("--output-dir", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--docs", type=Path, default=None, help="Markdown file to (re)render.")
+    p.add_argument(
+        "--item-features",
+        action="store_true",
+        help="Train every variant with the data set's item attributes (Beauty's "
+        "item2attributes file, MovieLens genres); writes quality-<dataset>-features.json.",
+    )
     p.add_argument("--tiny", action="store_true", help="Synthetic data, 2 epochs: a smoke run.")
     p.add_argument(
         "--render-only", action="store_true", help="Only rewrite --docs from existing results."
@@ -96,6 +112,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--render-only needs --docs FILE")
     if not (args.tiny or args.render_only) and args.data_root is None:
         p.error("--data-root is required (or use --tiny)")
+    if args.item_features:
+        lacking = [n for n in args.datasets.split(",") if "features" not in DATASETS.get(n, {})]
+        if args.tiny or lacking:
+            p.error(
+                f"--item-features: no attribute file is known for {', '.join(lacking) or 'tiny'}"
+                f" (known: {', '.join(n for n, d in DATASETS.items() if 'features' in d)})"
+            )
     return args
 
 
@@ -111,6 +134,9 @@ def prepare(name: str, args: argparse.Namespace) -> tuple[Dataset, ExperimentCon
         interactions = generate_interactions(num_users=200, num_items=150, seed=1)
         return dataset_from_interactions(interactions, config.data), config
     spec = DATASETS[name]
+    if args.item_features:  # every variant, dense ones included, sees the same attributes
+        overrides["data.item_features"] = str(args.data_root / spec["features"])
+        overrides["model.item_feature_mode"] = "sum"
     config = load_config(REPO / spec["config"], overrides)
     return load_dataset(args.data_root / spec["file"], config.data), config
 
@@ -285,8 +311,10 @@ def _speed_section(report: dict[str, Any]) -> list[str]:
 def _dataset_section(report: dict[str, Any]) -> list[str]:
     s = report["stats"]
     cfg = report["config"]["model"]
+    features = report["config"]["model"].get("item_feature_mode", "none") != "none"
     lines = [
-        f"## {report['dataset']} (`{report['source']}`)",
+        f"## {report['dataset']} (`{report['source']}`)"
+        + (" with item attributes" if features else ""),
         "",
         f"{s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions; "
         f"max length {cfg['max_len']}, hidden {cfg['hidden_size']}, {cfg['num_layers']} layers, "
