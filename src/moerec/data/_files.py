@@ -60,16 +60,22 @@ def split_fields(line: str) -> list[str]:
     return _FIELD_SPACE.split(stripped) if stripped else []
 
 
-def decode_utf8(path: Path | str, data: bytes) -> str:
-    """Decode an interactions file, naming the line of the first undecodable byte."""
+INTERACTIONS_UTF8 = (
+    "interaction files must be ASCII or UTF-8 (only MovieLens metadata such as u.item or "
+    "movies.dat is Latin-1, and it is not an interactions file)"
+)
+
+
+def decode_utf8(path: Path | str, data: bytes, why: str = INTERACTIONS_UTF8) -> str:
+    """Decode a text file, naming the line of the first undecodable byte; ``why`` says why the
+    file must be UTF-8."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = len(split_lines(data[: exc.start].decode("utf-8")))
         raise DataFormatError(
-            f"{path}:{line}: byte 0x{data[exc.start]:02X} is not valid UTF-8; interaction files "
-            "must be ASCII or UTF-8 (only MovieLens metadata such as u.item or movies.dat is "
-            "Latin-1, and it is not an interactions file) - re-save the file as UTF-8"
+            f"{path}:{line}: byte 0x{data[exc.start]:02X} is not valid UTF-8; {why} - re-save "
+            "the file as UTF-8"
         ) from None
 
 

@@ -31,7 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from moerec.data._files import ASCII_WHITESPACE, decode_lenient, preview, read_bytes, split_lines
+from moerec.data._files import (
+    ASCII_WHITESPACE,
+    decode_lenient,
+    decode_utf8,
+    preview,
+    read_bytes,
+    split_lines,
+)
 from moerec.data._tables import normalise_name
 from moerec.data.errors import DataError, DataFormatError
 from moerec.data.vocab import Vocabulary, natural_order
@@ -138,14 +145,7 @@ def _add(raw: RawAttributes, item: str, attributes: Sequence[str]) -> None:
 
 
 def _decode_utf8(path: Path, data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = len(split_lines(data[: exc.start].decode("utf-8")))
-        raise DataFormatError(
-            f"{path}:{line}: byte 0x{data[exc.start]:02X} is not valid UTF-8; the item ids "
-            "must be spelt as in the interactions file - re-save the file as UTF-8"
-        ) from None
+    return decode_utf8(path, data, "the item ids must be spelt as in the interactions file")
 
 
 def _attribute_id(value: Any) -> str | None:
