@@ -59,6 +59,14 @@ def test_anything_unusual_is_left_to_the_app(service, tiny_dataset, delegated, q
         assert r.json()["error"]["code"] == "invalid_request"
 
 
+def test_a_user_id_the_app_would_refuse_is_left_to_it(service, tiny_dataset, delegated):
+    user, _ = user_with_history(tiny_dataset, 1)
+    with service.client("back-end", "recommend:any") as http:  # may read any user
+        r = http.get(f"/v1/users/{user}%0A/recommendations")  # a trailing newline
+    assert r.status_code == 422, r.text
+    assert len(delegated) == 1
+
+
 def test_auth_failures_are_answered_and_audited_by_the_app(service, tiny_dataset, delegated):
     user, _ = user_with_history(tiny_dataset, 1)
     other, _ = user_with_history(tiny_dataset, 2)

@@ -77,7 +77,7 @@ class HotPath:
         """The services, caller and parameters of a request this layer may answer, or None to
         leave it to the app. Nothing here has side effects."""
         services = getattr(self.owner.state, "services", None)
-        if services is None or not _USER_ID.match(user_id):
+        if services is None or not _USER_ID.fullmatch(user_id):
             return None
         parameters = _parameters(scope["query_string"])
         if parameters is None:
