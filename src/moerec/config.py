@@ -163,6 +163,12 @@ class TrainConfig(_Strict):
     grad_clip: float = Field(1.0, ge=0.0, description="Max global grad norm (0 = off).")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     patience: int = Field(10, ge=1, description="Epochs without a better valid NDCG@10.")
+    time_budget_minutes: float | None = Field(
+        None,
+        gt=0.0,
+        description="Stop after the first epoch that ends past this many minutes of wall time "
+        "(training and validation); the best validation epoch so far is kept. None: no limit.",
+    )
     eval_every: int = Field(1, ge=1, description="Validate every N epochs.")
     seed: int = 42
     num_threads: int = Field(0, ge=0, description="torch threads (0 = leave torch's default).")

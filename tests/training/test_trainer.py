@@ -37,6 +37,23 @@ def test_early_stopping_after_patience_epochs_without_improvement(tiny_dataset):
     assert result.epochs_run == 3
 
 
+def test_a_spent_time_budget_stops_after_the_epoch_and_keeps_the_best(tiny_dataset, tmp_path):
+    # Any real epoch outlasts a budget of a microsecond: the run ends after its first epoch.
+    config = small_config(epochs=20, patience=20, time_budget_minutes=1e-8)
+    result = train(tiny_dataset, config, run_dir=tmp_path, progress=False)
+    assert result.epochs_run == 1
+    assert result.best_epoch == 1
+    epochs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r.get("stopped") for r in epochs if r.get("event") == "epoch"] == ["time budget"]
+
+
+def test_a_generous_time_budget_changes_nothing(tiny_dataset):
+    plain = train(tiny_dataset, small_config(epochs=2), progress=False)
+    budgeted = train(tiny_dataset, small_config(epochs=2, time_budget_minutes=60), progress=False)
+    assert budgeted.epochs_run == 2
+    assert budgeted.test.metrics == plain.test.metrics
+
+
 def test_run_log_and_plots_are_written(trained):
     lines = (trained.run_dir / "log.jsonl").read_text().splitlines()
     events = [json.loads(line)["event"] for line in lines]

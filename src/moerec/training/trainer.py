@@ -293,6 +293,8 @@ def train(
     first_epoch = int(state["epoch"]) + 1
     if state["bad_epochs"] >= tc.patience:  # the run being resumed had already stopped
         first_epoch = tc.epochs + 1
+    # A resumed run gets the whole budget again: it is a limit on this invocation's wall time.
+    deadline = time.perf_counter() + tc.time_budget_minutes * 60 if tc.time_budget_minutes else None
     for epoch in range(first_epoch, tc.epochs + 1):
         started = time.perf_counter()
         record = _train_epoch(
@@ -310,6 +312,9 @@ def train(
                 best_weights = copy.deepcopy(model.state_dict())
             else:
                 state["bad_epochs"] += tc.eval_every
+        out_of_time = deadline is not None and time.perf_counter() >= deadline
+        if out_of_time:
+            record["stopped"] = "time budget"
         state["epoch"] = epoch
         if sampled is not None:  # every process has drawn as often: rank 0's count is theirs
             state["negative_draws"] = sampled.sampler.draws
@@ -321,7 +326,7 @@ def train(
             log.write(record)
         if on_epoch is not None and ctx.is_main:
             on_epoch(record)
-        if ctx.decide(state["bad_epochs"] >= tc.patience):  # rank 0's decision, everywhere
+        if ctx.decide(state["bad_epochs"] >= tc.patience or out_of_time):  # rank 0's, everywhere
             break
 
     def finish() -> TrainResult:
@@ -414,9 +419,10 @@ def _train_epoch(
 
 
 def _run_identity(config: ExperimentConfig, dataset: Dataset) -> dict[str, Any]:
-    """What must not change between a run and its resumption (epochs and patience may)."""
+    """What must not change between a run and its resumption (epochs, patience and the time
+    budget may)."""
     train = config.train.model_dump(mode="json")
-    for free in ("epochs", "patience"):
+    for free in ("epochs", "patience", "time_budget_minutes"):
         train.pop(free)
     if config.train.loss == "ce":  # so checkpoints from before the sampled loss still resume
         for unused in ("loss", "num_negatives", "negative_sampler", "logq_correction"):
