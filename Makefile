@@ -47,6 +47,7 @@ lint: $(VENV)/.installed-dev
 # Every benchmark script once on a tiny input, so none of them rots (run by CI).
 bench-tiny: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/quality.py --tiny --output-dir $(VENV)/bench-tiny
+	$(BIN)/python benchmarks/quality.py --tiny --top-p 0.5,0.9 --output-dir $(VENV)/bench-tiny
 	$(BIN)/python benchmarks/speed.py --tiny --output $(VENV)/bench-tiny/speed.json
 	$(BIN)/python benchmarks/distributed.py --tiny --output $(VENV)/bench-tiny/distributed.json
 	$(BIN)/python benchmarks/serving.py --tiny --output $(VENV)/bench-tiny/serving.json

@@ -128,6 +128,7 @@ def write_plots(results: Results, output_dir: Path) -> list[Plot]:
         soak_memory,
         quality_ndcg,
         expert_load,
+        top_p_curve,
     ]
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -427,6 +428,74 @@ def expert_load(results: Results) -> tuple[Figure, Plot] | None:
         "Share of routed slots per expert in each MoE layer, per data set",
         "Share of the routed token slots each expert received on the test set, per MoE layer "
         "(the `routing` of the moe rows), against a uniform load.",
+    )
+
+
+def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
+    """Test NDCG@10 against experts per token, one point per trained top-p mass, beside the
+    same data set's top-k MoE and its dense-active baseline (from its quality-<name>.json)."""
+    sweeps = [r for r in results["quality"] if any("top_p" in row for row in r["rows"])]
+    if not sweeps:
+        return None
+    figure, axes = _figure(3.2, 1, len(sweeps))
+    for ax, sweep in zip(axes[0], sweeps, strict=True):
+        points = sorted(
+            (row["routing"]["experts_per_token"], row["test"]["ndcg@10"], row["top_p"])
+            for row in sweep["rows"]
+            if "top_p" in row
+        )
+        ax.plot(
+            [x for x, _, _ in points],
+            [y for _, y, _ in points],
+            marker="o",
+            color=COLORS["moe"],
+            label="moe, top-p routing",
+        )
+        for x, y, p in points:
+            ax.annotate(f"p={p:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        plain = next(
+            (
+                r
+                for r in results["quality"]
+                if r["dataset"] == sweep["dataset"]
+                and not any("top_p" in row for row in r["rows"])
+                and r["config"]["model"].get("item_feature_mode", "none")
+                == sweep["config"]["model"].get("item_feature_mode", "none")
+            ),
+            None,
+        )
+        rows = {row["variant"]: row for row in plain["rows"]} if plain else {}
+        if "moe" in rows:
+            moe = rows["moe"]
+            ax.plot(
+                [moe["routing"]["experts_per_token"]],
+                [moe["test"]["ndcg@10"]],
+                marker="s",
+                linestyle="none",
+                color="tab:red",
+                label=f"moe, top-{plain['config']['model']['moe_top_k']}",
+            )
+        if "dense-active" in rows:
+            ax.axhline(
+                rows["dense-active"]["test"]["ndcg@10"],
+                color=COLORS["dense-active"],
+                linestyle="--",
+                linewidth=1,
+                label="dense-active (top-k FLOPs)",
+            )
+        ax.set_xlabel("routed experts per token (test set, mean over MoE layers)")
+        ax.set_ylabel("test NDCG@10")
+        ax.set_title(f"{sweep['dataset']}: quality against experts used")
+        ax.margins(x=0.15, y=0.2)
+        ax.legend(loc="lower right")
+    return figure, Plot(
+        "top-p-curve.png",
+        "quality-*-topp.json",
+        "Test NDCG@10 against routed experts per token for MoE models trained with top-p routing",
+        "One MoE model trained per probability mass p with top-p routing (the smallest expert set "
+        "whose router probability reaches p, clamped to 2..4): its test NDCG@10 against the mean "
+        "number of routed experts per token it used on the test set. The square is the top-k "
+        "MoE of the same data set; the dashed line its dense-active baseline.",
     )
 
 

@@ -8,6 +8,7 @@ FLOPs per request. Writes benchmarks/results/quality-<dataset>.json and docs/ben
     python benchmarks/quality.py --data-root PATH/TO/data            # Beauty + ML-100K, long
     python benchmarks/quality.py --data-root PATH --datasets beauty --variants moe
     python benchmarks/quality.py --data-root PATH --datasets beauty --item-features
+    python benchmarks/quality.py --data-root PATH --datasets beauty --top-p 0.3,0.5,0.7,0.9
     python benchmarks/quality.py --tiny --output-dir results-tiny     # seconds; what CI runs
 """
 
@@ -25,7 +26,13 @@ from typing import Any
 import torch
 
 import docs_section
-from moerec.config import VARIANTS, ExperimentConfig, load_config, resolve_variant
+from moerec.config import (
+    VARIANTS,
+    ExperimentConfig,
+    ModelConfig,
+    load_config,
+    resolve_variant,
+)
 from moerec.data.dataset import Dataset, dataset_from_interactions, load_dataset
 from moerec.data.synthetic import generate_interactions
 from moerec.evaluation import evaluate_popularity
@@ -76,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     names = ["tiny"] if args.tiny else args.datasets.split(",")
     for name in names:
         dataset, config = prepare(name, args)
-        suffix = "-features" if args.item_features else ""
+        suffix = ("-features" if args.item_features else "") + ("-topp" if args.top_p else "")
         path = args.output_dir / f"quality-{name}{suffix}.json"
-        run_dataset(name, dataset, config, args, path)
+        run_dataset(name, dataset, config, jobs(config, args), path)
     if args.docs is not None:
         write_docs(args.docs, args.output_dir)
         print(f"wrote {args.docs}", file=sys.stderr)
@@ -103,6 +110,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="Train every variant with the data set's item attributes (Beauty's "
         "item2attributes file, MovieLens genres); writes quality-<dataset>-features.json.",
     )
+    p.add_argument(
+        "--top-p",
+        type=_probabilities,
+        help="Instead of the variants, train the MoE once per listed mass p with top-p routing "
+        "(moe_router: topp, clamped to moe_min_k..moe_max_k experts): the cost/quality curve. "
+        "Writes quality-<dataset>-topp.json.",
+    )
     p.add_argument("--tiny", action="store_true", help="Synthetic data, 2 epochs: a smoke run.")
     p.add_argument(
         "--render-only", action="store_true", help="Only rewrite --docs from existing results."
@@ -120,6 +134,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 f" (known: {', '.join(n for n, d in DATASETS.items() if 'features' in d)})"
             )
     return args
+
+
+def _probabilities(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers like 0.3,0.5,0.7; got {text!r}"
+        ) from None
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"each p must be in (0, 1]; got {text!r}")
+    return values
+
+
+def jobs(config: ExperimentConfig, args: argparse.Namespace) -> list[tuple[dict, ExperimentConfig]]:
+    """(row labels, config) per model to train: the variants, or the top-p sweep."""
+    if args.top_p:
+        return [
+            (
+                {"variant": "moe-topp", "top_p": p},
+                config.model_copy(update={"model": top_p_model(config.model, p)}),
+            )
+            for p in args.top_p
+        ]
+    return [
+        ({"variant": variant}, resolve_variant(config, variant))  # type: ignore[arg-type]
+        for variant in args.variants.split(",")
+    ]
+
+
+def top_p_model(model: ModelConfig, p: float) -> ModelConfig:
+    """The same model with top-p routing at mass p (validated like a config file)."""
+    return ModelConfig.model_validate({**model.model_dump(), "moe_router": "topp", "moe_top_p": p})
 
 
 def prepare(name: str, args: argparse.Namespace) -> tuple[Dataset, ExperimentConfig]:
@@ -142,20 +189,24 @@ def prepare(name: str, args: argparse.Namespace) -> tuple[Dataset, ExperimentCon
 
 
 def run_dataset(
-    name: str, dataset: Dataset, config: ExperimentConfig, args: argparse.Namespace, path: Path
+    name: str,
+    dataset: Dataset,
+    config: ExperimentConfig,
+    to_train: list[tuple[dict, ExperimentConfig]],
+    path: Path,
 ) -> dict[str, Any]:
-    """Train every variant; the report is rewritten after each, so a long run keeps its rows."""
+    """Train every job; the report is rewritten after each, so a long run keeps its rows."""
     rows = [popularity_row(dataset, config)]
     report = _report(name, dataset, config, rows)
-    for variant in args.variants.split(","):
-        cfg = resolve_variant(config, variant)  # type: ignore[arg-type]
-        print(f"[{name}] training {variant}", file=sys.stderr)
+    for labels, cfg in to_train:
+        label = row_label(labels)
+        print(f"[{name}] training {label}", file=sys.stderr)
         started = time.perf_counter()
-        result = train(dataset, cfg, progress=False, on_epoch=_progress(name, variant))
+        result = train(dataset, cfg, progress=False, on_epoch=_progress(name, label))
         cost = measure_cost(result.model)
         rows.append(
             {
-                "variant": variant,
+                **labels,
                 "valid": result.valid.metrics,
                 "test": result.test.metrics,
                 "best_epoch": result.best_epoch,
@@ -168,8 +219,13 @@ def run_dataset(
             }
         )
         path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {path} ({variant})", file=sys.stderr)
+        print(f"wrote {path} ({label})", file=sys.stderr)
     return report
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """'moe', 'dense-active', … or 'moe top-p 0.5' for a row of the top-p sweep."""
+    return f"moe top-p {row['top_p']:g}" if "top_p" in row else str(row["variant"])
 
 
 def _report(
@@ -195,12 +251,14 @@ def _report(
 
 
 def command_line() -> str:
-    """This run's command, with the local data folder shown as DATA."""
+    """This run's command, with the local data folder shown as DATA and without the local
+    --output-dir (where the results went does not change them)."""
     argv = sys.argv[1:]
-    shown = [
-        "DATA" if before == "--data-root" else arg
-        for before, arg in zip(["", *argv], argv, strict=False)
-    ]
+    shown = []
+    for before, arg in zip(["", *argv], argv, strict=False):
+        if arg == "--output-dir" or before == "--output-dir" or arg.startswith("--output-dir="):
+            continue
+        shown.append("DATA" if before == "--data-root" else arg)
     return "python benchmarks/quality.py " + " ".join(shown)
 
 
