@@ -8,7 +8,8 @@ same model, histories and batching settings (the ceiling, with nothing else runn
 with wrk (one thread, N keep-alive connections, closed loop) at several concurrencies:
 
 * uncached: the cache is flushed before each run and every request asks for the next of the
-  data set's users (benchmarks/wrk/users.lua), so every request is a miss: history read from
+  data set's users (benchmarks/wrk/users.lua); after the last user the list starts again with
+  k one higher (k = 10, 11, ... 17), a new cache key, so every request is a miss: history read from
   the database, forward pass in the micro-batcher, response cached;
 * cached: a few users are requested once, then only those: every request is a hit.
 
@@ -64,6 +65,7 @@ DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "serving.json"
 P95_TARGET_MS = 29.0
 CEILING_FRACTION = 0.6
 K = 10
+UNCACHED_ROUNDS = 8  # the uncached runs cycle k through K .. K + 7 (see _write_paths)
 DOCS_BEGIN = "<!-- serving:begin (written by benchmarks/serving.py --docs; do not edit) -->"
 DOCS_END = "<!-- serving:end -->"
 # Rate limits far above anything one machine can send: the benchmark measures serving.
@@ -198,7 +200,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
 
         artefact = load_artefact(model_path)
         users, histories = _users_and_histories(dataset, artefact, args.seed)
-        uncached_paths = _write_paths(tmp / "uncached-paths.txt", users)
+        uncached_paths = _write_paths(tmp / "uncached-paths.txt", users, UNCACHED_ROUNDS)
         cached_users = users[: args.cached_users]
         cached_paths = _write_paths(tmp / "cached-paths.txt", cached_users)
         database_url = f"sqlite+aiosqlite:///{tmp / 'serving.db'}"
@@ -462,8 +464,15 @@ def _users_and_histories(
     return [users[i] for i in order], [histories[i] for i in order]
 
 
-def _write_paths(path: Path, users: Sequence[str]) -> Path:
-    lines = [f"/v1/users/{quote(user, safe='')}/recommendations?k={K}" for user in users]
+def _write_paths(path: Path, users: Sequence[str], rounds: int = 1) -> Path:
+    """One request path per line: every user with k = K, then (rounds > 1) every user again
+    with k = K + 1, ...: a fast server runs through the users in one run, and a path it has
+    seen before would be a cache hit in a run meant to measure misses."""
+    lines = [
+        f"/v1/users/{quote(user, safe='')}/recommendations?k={K + round_}"
+        for round_ in range(rounds)
+        for user in users
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
