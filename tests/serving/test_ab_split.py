@@ -219,10 +219,12 @@ def test_events_record_the_users_arm_and_version(ab, tiny_dataset):
 
 
 def test_metrics_carry_the_arm(ab, tiny_dataset):
-    _, user = user_in(CHALLENGER, tiny_dataset)
-    with ab.client(user) as http:
-        http.get(f"/v1/users/{user}/recommendations", params={"k": 2})
-        text = http.get("/metrics").text
+    # One request per arm, so the test holds on its own and not only after the others.
+    for arm in (CONTROL, CHALLENGER):
+        _, user = user_in(arm, tiny_dataset)
+        with ab.client(user) as http:
+            http.get(f"/v1/users/{user}/recommendations", params={"k": 2})
+            text = http.get("/metrics").text
     for arm in (CONTROL, CHALLENGER):
         assert re.search(
             rf'moerec_recommendation_duration_seconds_count{{arm="{arm}"}} [1-9]', text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -155,6 +156,18 @@ class ServiceMetrics:
             "moerec_model_reloads_total", "Hot reloads by outcome.", ["outcome"], registry=r
         )
         self._model_labels: dict[str, tuple[str, ...]] = {}
+        self._series: dict[tuple[object, tuple[str, ...]], Any] = {}
+        self._expert_series: dict[tuple[int, int], Any] = {}
+
+    def series(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered. prometheus_client's lookup takes a lock and
+        re-validates the labels on every call, a visible share of a request's CPU on the hot
+        path. Only for series that are never removed (``model_info``'s are)."""
+        key = (metric, labels)
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = metric.labels(*labels)
+        return found
 
     def observe_batch(self, report: BatchReport) -> None:
         self.batch_size.observe(report.size)
@@ -166,7 +179,11 @@ class ServiceMetrics:
             self.experts_per_request.observe(len(use.experts))
             self.routing_entropy.observe(_entropy_bits(use.weights))
             for expert in use.experts:
-                self.expert_activations.labels(str(use.layer), str(expert)).inc()
+                series = self._expert_series.get((use.layer, expert))
+                if series is None:
+                    series = self.expert_activations.labels(str(use.layer), str(expert))
+                    self._expert_series[use.layer, expert] = series
+                series.inc()
 
     def set_model(
         self, arm: str, name: str, version: str, variant: str, experts: int, top_k: int

@@ -81,8 +81,8 @@ class ServiceMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
-            self.metrics.requests.labels(template, method, str(status)).inc()
-            self.metrics.latency.labels(template, method).observe(elapsed)
+            self.metrics.series(self.metrics.requests, template, method, str(status)).inc()
+            self.metrics.series(self.metrics.latency, template, method).observe(elapsed)
             principal = state.get("principal")
             access_log.info(
                 "request",

@@ -152,7 +152,8 @@ async def recommend(
         exclude=exclude,
         exclude_history=exclude_history,
     )
-    services.metrics.recommendation_seconds.labels(metric_arm(arm)).observe(
+    metrics = services.metrics
+    metrics.series(metrics.recommendation_seconds, metric_arm(arm)).observe(
         time.perf_counter() - started
     )
     return payload
@@ -180,11 +181,11 @@ async def _recommend(
     key = cache_key(cache_namespace(arm), model.version, user_id, subject.version, params)
     hit = await services.cache.get(key)
     if hit is not None:
-        services.metrics.cache.labels("hit").inc()
+        services.metrics.series(services.metrics.cache, "hit").inc()
         payload: dict[str, Any] = orjson.loads(hit)
         payload["cached"] = True
         return payload
-    services.metrics.cache.labels("miss").inc()
+    services.metrics.series(services.metrics.cache, "miss").inc()
 
     predictor = model.predictor
     encoded, unknown = predictor.encode(subject.items)
