@@ -12,6 +12,7 @@ piece, as the reference path below does.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,10 @@ from moerec.data.batching import flat_rows, left_pad, trim_padding
 from moerec.evaluation.evaluator import exclude_seen
 from moerec.evaluation.ranking import Exclusions, chunked_topk
 from moerec.registry import Artefact, load_artefact
+
+# One MoE layer's routing of the batch's scoring positions: experts, weights, slot in use,
+# each a (B, K) nested list.
+RoutingRows = tuple[list[list[int]], list[list[float]], list[list[bool]]]
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,12 @@ class Predictor:
             trim_padding(left_pad(offsets, items, rows, self.max_len))
         )  # (B, ≤L)
         user_hidden, out = self.model.encode_users(seq)  # (B, D)
-        routing = out.last_position_routing()
+        # Python lists once per batch: per-query tensor indexing cost more than the query's
+        # share of the forward pass at batch 16.
+        routing = [
+            (experts.tolist(), weights.tolist(), mask.tolist())
+            for experts, weights, mask in out.last_position_routing()
+        ]
         if self.model.config.num_items + 1 > self.score_chunk_items:
             return self._run_chunked(queries, user_hidden, routing)
         return self._run_whole(queries, user_hidden, routing, offsets, items, rows)
@@ -137,7 +147,7 @@ class Predictor:
         self,
         queries: Sequence[Query],
         user_hidden: Tensor,
-        routing: list[tuple[Tensor, Tensor, Tensor]],
+        routing: list[RoutingRows],
         offsets: np.ndarray,
         items: np.ndarray,
         rows: np.ndarray,
@@ -163,27 +173,30 @@ class Predictor:
         if plain:  # the common case: one batched top-k
             k_max = min(max(queries[b].k for b in plain), self.model.config.num_items)
             top_scores, top_items = scores[plain].topk(k_max, dim=1)
+            item_rows, score_rows = top_items.tolist(), top_scores.tolist()
             for i, b in enumerate(plain):
                 k = queries[b].k
-                results[b] = self._recommendation(top_items[i, :k], top_scores[i, :k], routing, b)
+                results[b] = self._recommendation(item_rows[i][:k], score_rows[i][:k], routing, b)
         for b, query in enumerate(queries):
             if b in results:
                 continue
             row = scores[b]
             if query.score_only:
                 picked = torch.from_numpy(_ids(query.candidates))
-                results[b] = self._recommendation(picked, row[picked], routing, b, keep_all=True)
+                results[b] = self._recommendation(
+                    picked.tolist(), row[picked].tolist(), routing, b, keep_all=True
+                )
                 continue
             row = self._restrict(row, query)
             top_scores, top_items = row.topk(min(query.k, self.model.config.num_items))
-            results[b] = self._recommendation(top_items, top_scores, routing, b)
+            results[b] = self._recommendation(top_items.tolist(), top_scores.tolist(), routing, b)
         return [results[b] for b in range(len(queries))]
 
     def _run_chunked(
         self,
         queries: Sequence[Query],
         user_hidden: Tensor,
-        routing: list[tuple[Tensor, Tensor, Tensor]],
+        routing: list[RoutingRows],
     ) -> list[Recommendation]:
         """The same answers as ``_run_whole`` without a (B, V) matrix: full-catalogue queries
         share one chunked top-k; candidate and scoring queries score their own items only."""
@@ -199,9 +212,10 @@ class Predictor:
                 self.score_chunk_items,
                 exclusions,
             )  # (B', k), (B', k)
+            item_rows, score_rows = top_items.tolist(), top_scores.tolist()
             for i, b in enumerate(ranked):
                 k = queries[b].k
-                results[b] = self._recommendation(top_items[i, :k], top_scores[i, :k], routing, b)
+                results[b] = self._recommendation(item_rows[i][:k], score_rows[i][:k], routing, b)
         for b, query in enumerate(queries):
             if b in results:
                 continue
@@ -212,13 +226,15 @@ class Predictor:
             row = self.model.score_items(user_hidden[b : b + 1], ids, self.item_table)[0]
             row[ids == 0] = float("-inf")  # padding, as ``score`` has it
             if query.score_only:
-                results[b] = self._recommendation(ids, row, routing, b, keep_all=True)
+                results[b] = self._recommendation(
+                    ids.tolist(), row.tolist(), routing, b, keep_all=True
+                )
                 continue
             excluded = self._excluded(query)
             if excluded:
                 row[torch.from_numpy(np.isin(picked, np.concatenate(excluded)))] = float("-inf")
             top_scores, top = row.topk(min(query.k, row.shape[0]))
-            results[b] = self._recommendation(ids[top], top_scores, routing, b)
+            results[b] = self._recommendation(ids[top].tolist(), top_scores.tolist(), routing, b)
         return [results[b] for b in range(len(queries))]
 
     @staticmethod
@@ -244,27 +260,27 @@ class Predictor:
 
     def _recommendation(
         self,
-        items: Tensor,
-        scores: Tensor,
-        routing: list[tuple[Tensor, Tensor, Tensor]],
+        items: list[int],
+        scores: list[float],
+        routing: list[RoutingRows],
         b: int,
         keep_all: bool = False,
     ) -> Recommendation:
+        """Query b's answer from its ranked ids and scores (Python lists, one query's row)."""
         # fewer than k items may be left after exclusion; a scoring query keeps every item
-        keep = torch.ones_like(scores, dtype=torch.bool) if keep_all else torch.isfinite(scores)
+        if not keep_all:
+            kept = [(item, score) for item, score in zip(items, scores, strict=True)
+                    if math.isfinite(score)]  # fmt: skip
+            items, scores = [item for item, _ in kept], [score for _, score in kept]
         experts = [
             ExpertUse(
                 layer=layer,
-                experts=experts[b][mask[b]].tolist(),
-                weights=[round(w, 4) for w in weights[b][mask[b]].tolist()],
+                experts=[e for e, used in zip(experts[b], mask[b], strict=True) if used],
+                weights=[round(w, 4) for w, used in zip(weights[b], mask[b], strict=True) if used],
             )
             for layer, (experts, weights, mask) in enumerate(routing)
         ]
-        return Recommendation(
-            items=self.vocab.decode_items(items[keep].tolist()),
-            scores=scores[keep].tolist(),
-            experts=experts,
-        )
+        return Recommendation(items=self.vocab.decode_items(items), scores=scores, experts=experts)
 
 
 def _ids(values: np.ndarray | None) -> np.ndarray:
