@@ -351,7 +351,9 @@ def soak_memory(results: Results) -> tuple[Figure, Plot] | None:
 
 def quality_ndcg(results: Results) -> tuple[Figure, Plot] | None:
     reports = [
-        r for r in results["quality"] if any(row["variant"] in VARIANTS for row in r["rows"])
+        r
+        for r in results["quality"]
+        if not _is_sweep(r) and any(row["variant"] in VARIANTS for row in r["rows"])
     ]
     if not reports:
         return None
@@ -387,6 +389,8 @@ def quality_ndcg(results: Results) -> tuple[Figure, Plot] | None:
 def expert_load(results: Results) -> tuple[Figure, Plot] | None:
     panels: list[tuple[str, int, dict[str, Any]]] = []
     for report in results["quality"]:
+        if _is_sweep(report):
+            continue
         for row in report["rows"]:
             if row["variant"] != "moe":
                 continue
@@ -458,7 +462,7 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
                 r
                 for r in results["quality"]
                 if r["dataset"] == sweep["dataset"]
-                and not any("top_p" in row for row in r["rows"])
+                and not _is_sweep(r)
                 and r["config"]["model"].get("item_feature_mode", "none")
                 == sweep["config"]["model"].get("item_feature_mode", "none")
             ),
@@ -497,6 +501,11 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
         "number of routed experts per token it used on the test set. The square is the top-k "
         "MoE of the same data set; the dashed line its dense-active baseline.",
     )
+
+
+def _is_sweep(report: dict[str, Any]) -> bool:
+    """A top-p or seed sweep (quality-<name>-topp/-seeds.json), not a variants comparison."""
+    return any("top_p" in row or "seed" in row for row in report["rows"])
 
 
 def _machine(report: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ FLOPs per request. Writes benchmarks/results/quality-<dataset>.json and docs/ben
     python benchmarks/quality.py --data-root PATH --datasets beauty --variants moe
     python benchmarks/quality.py --data-root PATH --datasets beauty --item-features
     python benchmarks/quality.py --data-root PATH --datasets beauty --top-p 0.3,0.5,0.7,0.9
+    python benchmarks/quality.py --data-root PATH --datasets beauty --variants moe --seeds 42,43,44
     python benchmarks/quality.py --tiny --output-dir results-tiny     # seconds; what CI runs
 """
 
@@ -83,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     names = ["tiny"] if args.tiny else args.datasets.split(",")
     for name in names:
         dataset, config = prepare(name, args)
-        suffix = ("-features" if args.item_features else "") + ("-topp" if args.top_p else "")
+        suffix = (
+            ("-features" if args.item_features else "")
+            + ("-topp" if args.top_p else "")
+            + ("-seeds" if args.seeds else "")
+        )
         path = args.output_dir / f"quality-{name}{suffix}.json"
         run_dataset(name, dataset, config, jobs(config, args), path)
     if args.docs is not None:
@@ -117,11 +122,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(moe_router: topp, clamped to moe_min_k..moe_max_k experts): the cost/quality curve. "
         "Writes quality-<dataset>-topp.json.",
     )
+    p.add_argument(
+        "--seeds",
+        type=_integers,
+        help="Train the --variants once per listed seed: the run-to-run spread. Writes "
+        "quality-<dataset>-seeds.json.",
+    )
     p.add_argument("--tiny", action="store_true", help="Synthetic data, 2 epochs: a smoke run.")
     p.add_argument(
         "--render-only", action="store_true", help="Only rewrite --docs from existing results."
     )
     args = p.parse_args(argv)
+    if args.seeds and args.top_p:
+        p.error("--seeds and --top-p are separate sweeps; run them one at a time")
+    if args.seeds and args.seed is not None:
+        p.error("--seeds sets the seed of each run; leave out --seed")
     if args.render_only and args.docs is None:
         p.error("--render-only needs --docs FILE")
     if not (args.tiny or args.render_only) and args.data_root is None:
@@ -148,8 +163,21 @@ def _probabilities(text: str) -> list[float]:
     return values
 
 
+def _integers(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 42,43,44; got {text!r}") from None
+
+
 def jobs(config: ExperimentConfig, args: argparse.Namespace) -> list[tuple[dict, ExperimentConfig]]:
     """(row labels, config) per model to train: the variants, or the top-p sweep."""
+    if args.seeds:
+        return [
+            ({"variant": variant, "seed": seed}, _with_seed(resolve_variant(config, variant), seed))  # type: ignore[arg-type]
+            for seed in args.seeds
+            for variant in args.variants.split(",")
+        ]
     if args.top_p:
         return [
             (
@@ -162,6 +190,10 @@ def jobs(config: ExperimentConfig, args: argparse.Namespace) -> list[tuple[dict,
         ({"variant": variant}, resolve_variant(config, variant))  # type: ignore[arg-type]
         for variant in args.variants.split(",")
     ]
+
+
+def _with_seed(config: ExperimentConfig, seed: int) -> ExperimentConfig:
+    return config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
 
 
 def top_p_model(model: ModelConfig, p: float) -> ModelConfig:
@@ -224,8 +256,10 @@ def run_dataset(
 
 
 def row_label(row: dict[str, Any]) -> str:
-    """'moe', 'dense-active', … or 'moe top-p 0.5' for a row of the top-p sweep."""
-    return f"moe top-p {row['top_p']:g}" if "top_p" in row else str(row["variant"])
+    """'moe', 'dense-active', …; 'moe top-p 0.5' or 'moe seed 43' in a sweep."""
+    if "top_p" in row:
+        return f"moe top-p {row['top_p']:g}"
+    return f"{row['variant']} seed {row['seed']}" if "seed" in row else str(row["variant"])
 
 
 def _report(
@@ -372,7 +406,8 @@ def _dataset_section(report: dict[str, Any]) -> list[str]:
     features = report["config"]["model"].get("item_feature_mode", "none") != "none"
     lines = [
         f"## {report['dataset']} (`{report['source']}`)"
-        + (" with item attributes" if features else ""),
+        + (" with item attributes" if features else "")
+        + _sweep_title(report["rows"]),
         "",
         f"{s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions; "
         f"max length {cfg['max_len']}, hidden {cfg['hidden_size']}, {cfg['num_layers']} layers, "
@@ -388,11 +423,11 @@ def _dataset_section(report: dict[str, Any]) -> list[str]:
     for row in report["rows"]:
         if "cost" not in row:  # a baseline without a model
             metrics = " | ".join(f"{row['test'][k]:.4f}" for k in HEADLINE)
-            lines.append(f"| {row['variant']} | {metrics} | | | | | | |")
+            lines.append(f"| {row_label(row)} | {metrics} | | | | | | |")
             continue
         c = row["cost"]
         lines.append(
-            f"| {row['variant']} | "
+            f"| {row_label(row)} | "
             + " | ".join(f"{row['test'][k]:.4f}" for k in HEADLINE)
             + f" | {row['best_epoch']} | {row['seconds_per_epoch']:.1f} | {c['total_params']:,} | "
             f"{c['active_params_per_token']:,.0f} | {c['ffn_flops_per_request'] / 1e6:.2f} | "
@@ -404,7 +439,10 @@ def _dataset_section(report: dict[str, Any]) -> list[str]:
 
 
 def _comparison(rows: list[dict[str, Any]], max_epochs: int) -> list[str]:
-    """The claims the MoE design makes, checked against this run's own rows."""
+    """The claims the MoE design makes, checked against this run's own rows; in a seed sweep,
+    the spread over seeds."""
+    if any("seed" in row for row in rows):
+        return _seed_spread(rows)
     by_name = {row["variant"]: row for row in rows}
     notes = []
     moe = by_name.get("moe")
@@ -418,12 +456,44 @@ def _comparison(rows: list[dict[str, Any]], max_epochs: int) -> list[str]:
             f"- moe vs {name}: test NDCG@10 {ndcg:+.1%}, FFN FLOPs per request {flops:.0%} "
             f"of {name}'s."
         )
-    capped = [r["variant"] for r in rows if r.get("epochs_run") == max_epochs]
+    for row in rows:
+        if "top_p" in row:
+            notes.append(
+                f"- {row_label(row)}: {row['routing']['experts_per_token']:.2f} routed experts "
+                "per token on the test set (the cost columns count the most it may use, "
+                "moe_max_k)."
+            )
+    capped = [row_label(r) for r in rows if r.get("epochs_run") == max_epochs]
     if capped:
         notes.append(
             f"- Stopped by the {max_epochs}-epoch cap before early stopping triggered: "
             f"{', '.join(capped)}."
         )
+    return notes
+
+
+def _sweep_title(rows: list[dict[str, Any]]) -> str:
+    if any("top_p" in row for row in rows):
+        return ": top-p routing sweep"
+    if any("seed" in row for row in rows):
+        return ": seed sweep"
+    return ""
+
+
+def _seed_spread(rows: list[dict[str, Any]]) -> list[str]:
+    notes = []
+    for variant in dict.fromkeys(row["variant"] for row in rows if "seed" in row):
+        runs = [row for row in rows if row.get("seed") is not None and row["variant"] == variant]
+        seeds = ", ".join(str(row["seed"]) for row in runs)
+        parts = []
+        for metric in ("ndcg@10", "hr@10"):
+            values = [row["test"][metric] for row in runs]
+            parts.append(
+                f"{metric.upper()} mean {sum(values) / len(values):.4f} "
+                f"(min {min(values):.4f}, max {max(values):.4f}, "
+                f"spread {max(values) - min(values):.4f})"
+            )
+        notes.append(f"- {variant} over seeds {seeds}: test " + "; ".join(parts) + ".")
     return notes
 
 
