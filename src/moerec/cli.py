@@ -228,6 +228,20 @@ def _load_events(url: str, config: ExperimentConfig, min_events: int, progress: 
     return dataset_from_interactions(interactions, config.data)
 
 
+def _dismissed(url: str) -> dict[str, frozenset[str]]:
+    """Each user's dismissed items in the service's event table."""
+    import asyncio
+
+    from moerec.storage import Storage
+    from moerec.storage.export import dismissed_items
+
+    async def read() -> dict[str, frozenset[str]]:
+        async with Storage(url) as storage:
+            return await dismissed_items(storage)
+
+    return asyncio.run(read())
+
+
 def _require_database_file(storage: Any) -> None:
     """An SQLite path that does not exist is a typo, not an empty database to create."""
     database = storage.url.database or ""
@@ -494,6 +508,7 @@ def recommend(
     from moerec.data.titles import read_item_titles
     from moerec.inference import Predictor
     from moerec.inference.export import export_format
+    from moerec.inference.predictor import Query
 
     with user_errors():
         if split not in ("full", "valid", "test"):
@@ -511,8 +526,15 @@ def recommend(
             data, fmt, from_db, database_url, predictor.artefact.config, progress=not quiet
         )
         histories = _histories(dataset, split)
+        # The service never shows a user an item they dismissed; neither do its exports.
+        dismissed = _dismissed(_database_url(database_url)) if from_db else {}
+        banned = {
+            raw_user: predictor.encode(sorted(items))[0] for raw_user, items in dismissed.items()
+        }
         if all_users and output is not None:
-            report = _export_all(predictor, dataset, histories, k, output, progress=not quiet)
+            report = _export_all(
+                predictor, dataset, histories, k, output, banned, progress=not quiet
+            )
             skipped = (
                 f" ({report.skipped:,} skipped: no item the model knows)" if report.skipped else ""
             )
@@ -531,7 +553,7 @@ def recommend(
                 raise MoerecError(f"user {raw_user!r} has no {split} history in {source}")
             raw_items = dataset.vocab.decode_items(histories[index].tolist())
             encoded, _unknown = predictor.encode(raw_items)
-            rec = predictor.recommend([encoded], k=k)[0]
+            rec = predictor.run([Query(encoded, k=k, exclude=banned.get(raw_user))])[0]
             results.append((raw_user, raw_items, rec))
         if as_json:
             out.print_json(
@@ -567,10 +589,12 @@ def _export_all(
     histories: dict[int, Any],
     k: int,
     output: Path,
+    banned: dict[str, Any],
     progress: bool = False,
 ) -> Any:
     """Batch recommendations for offline use; histories are re-encoded with the model's vocab
-    when the data's catalogue differs (new items are dropped, a user with none left skipped)."""
+    when the data's catalogue differs (new items are dropped, a user with none left skipped).
+    ``banned``: raw user id → encoded items never to recommend them."""
     from moerec.inference.export import export_recommendations
 
     same_vocab = dataset.vocab.item_ids == predictor.vocab.item_ids
@@ -583,7 +607,13 @@ def _export_all(
             yield user_ids[u], history
 
     return export_recommendations(
-        predictor, pairs(), output, k=k, total=len(histories), progress=progress
+        predictor,
+        pairs(),
+        output,
+        k=k,
+        total=len(histories),
+        progress=progress,
+        exclusions=banned,
     )
 
 

@@ -6,6 +6,7 @@ import asyncio
 import csv
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -190,3 +191,36 @@ def test_registry_promote_quality_gate_refuses_with_one_clear_line(trained_from_
     bad = runner.invoke(app, ["registry", "promote", model_dir, "newest", "--min-metric", "x"])
     assert bad.exit_code == 2
     assert "expected METRIC=VALUE" in bad.output
+
+
+def test_recommend_from_db_leaves_out_what_the_user_dismissed(trained_from_db, events_db, tmp_path):
+    # A copy of the service database, so the other tests keep theirs.
+    source = events_db.removeprefix("sqlite+aiosqlite:///")
+    copy = tmp_path / "service.db"
+    copy.write_bytes(Path(source).read_bytes())
+    url = f"sqlite+aiosqlite:///{copy}"
+    user = "7"
+
+    def top(*extra: str) -> list[str]:
+        result = runner.invoke(
+            app,
+            [
+                "recommend", "--model", str(trained_from_db), "--from-db", "--database-url",
+                url, "-k", "5", "--quiet", *extra,
+            ],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    before = json.loads(top("--user", user, "--json"))[0]["items"]
+    fill(url, [NewEvent(user, before[0], "dismiss", datetime.now(UTC), "not-this")])
+    after = json.loads(top("--user", user, "--json"))[0]["items"]
+    assert before[0] not in after
+    assert after[:4] == before[1:]  # the rest of the ranking is unchanged
+
+    output = tmp_path / "all.jsonl"
+    top("--all-users", "--output", str(output))
+    exported = {
+        line["user"]: line["items"] for line in map(json.loads, output.read_text().splitlines())
+    }
+    assert exported[user] == after

@@ -18,7 +18,7 @@ import contextlib
 import csv
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from moerec import MoerecError
-from moerec.inference.predictor import Predictor, Recommendation
+from moerec.inference.predictor import Predictor, Query, Recommendation
 
 EXPORT_FORMATS = (".csv", ".parquet", ".jsonl")
 BATCH_USERS = 512  # histories per forward pass
@@ -146,13 +146,16 @@ def export_recommendations(
     batch_size: int = BATCH_USERS,
     total: int | None = None,
     progress: bool = True,
+    exclusions: Mapping[str, np.ndarray] | None = None,
 ) -> ExportReport:
     """Write the top-``k`` of every ``(raw user id, encoded history)`` to ``output``.
 
     Histories are in the predictor's item encoding, oldest first; an empty one (no item the
     model knows) is skipped and counted. ``total`` (the number of users, if known) sizes the
-    progress bar.
+    progress bar. ``exclusions`` maps a user to encoded items never to recommend them (their
+    dismissals), as the service leaves them out.
     """
+    banned = exclusions or {}
     fmt = export_format(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial")
@@ -164,7 +167,9 @@ def export_recommendations(
         ) as bar:
             for batch in _batches(histories, batch_size):
                 usable = [(user, history) for user, history in batch if len(history)]
-                recs = predictor.recommend([history for _, history in usable], k=k)
+                recs = predictor.run(
+                    [Query(history, k=k, exclude=banned.get(user)) for user, history in usable]
+                )
                 rows += writer.write(
                     [(user, rec) for (user, _), rec in zip(usable, recs, strict=True)]
                 )

@@ -850,13 +850,17 @@ class Storage:
                 return found.first() is not None
 
     async def iter_events(
-        self, batch_size: int = 10_000, exclude_types: Collection[str] = ()
+        self,
+        batch_size: int = 10_000,
+        exclude_types: Collection[str] = (),
+        only_types: Collection[str] = (),
     ) -> AsyncGenerator[tuple[str, str, datetime], None]:
         """Every ``(user_id, item_id, occurred_at)`` in arrival (id) order, streamed.
 
         A server-side cursor fetches ``batch_size`` rows at a time, so retraining from a table
         of millions of events needs constant memory. Events of ``exclude_types`` are left out
-        (retraining passes ``NEGATIVE_EVENT_TYPES``: a dismissal is not part of a history).
+        (retraining passes ``NEGATIVE_EVENT_TYPES``: a dismissal is not part of a history);
+        with ``only_types``, only events of those types are read (the dismissals themselves).
         Close it early with ``contextlib.aclosing`` to release the connection at once.
         """
         if batch_size < 1:
@@ -864,6 +868,8 @@ class Storage:
         statement = select(events.c.user_id, events.c.item_id, events.c.occurred_at)
         if exclude_types:
             statement = statement.where(events.c.event_type.not_in(list(exclude_types)))
+        if only_types:
+            statement = statement.where(events.c.event_type.in_(list(only_types)))
         statement = statement.order_by(events.c.id).execution_options(yield_per=batch_size)
         with translated("streaming events"):
             async with self._engine.connect() as connection:

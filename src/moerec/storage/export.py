@@ -42,3 +42,17 @@ async def event_interactions(
                     bar.update(batch_size)
             bar.update(len(builder) % batch_size)
     return builder.build()
+
+
+async def dismissed_items(
+    storage: Storage, batch_size: int = READ_BATCH
+) -> dict[str, frozenset[str]]:
+    """Each user's dismissed items (``NEGATIVE_EVENT_TYPES``): what the service never shows
+    that user again, and what offline recommendations must leave out the same way."""
+    found: dict[str, set[str]] = {}
+    async with contextlib.aclosing(
+        storage.iter_events(batch_size, only_types=NEGATIVE_EVENT_TYPES)
+    ) as rows:
+        async for user_id, item_id, _ in rows:
+            found.setdefault(user_id, set()).add(item_id)
+    return {user: frozenset(items) for user, items in found.items()}
