@@ -479,6 +479,17 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
                 color="tab:red",
                 label=f"moe, top-{plain['config']['model']['moe_top_k']}",
             )
+        spread = _seed_values(results, sweep, plain)
+        if "moe" in rows and len(spread) > 1:
+            x = rows["moe"]["routing"]["experts_per_token"]
+            ax.vlines(x, min(spread), max(spread), color="tab:red", linewidth=1)
+            ax.annotate(
+                f"{len(spread)} seeds",
+                (x, max(spread)),
+                textcoords="offset points",
+                xytext=(4, 0),
+                fontsize=7,
+            )
         if "dense-active" in rows:
             ax.axhline(
                 rows["dense-active"]["test"]["ndcg@10"],
@@ -499,8 +510,32 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
         "One MoE model trained per probability mass p with top-p routing (the smallest expert set "
         "whose router probability reaches p, clamped to 2..4): its test NDCG@10 against the mean "
         "number of routed experts per token it used on the test set. The square is the top-k "
-        "MoE of the same data set; the dashed line its dense-active baseline.",
+        "MoE of the same data set, with a vertical line from its lowest to its highest result "
+        "over seeds where a seed sweep exists; the dashed line its dense-active baseline.",
     )
+
+
+def _seed_values(
+    results: Results, sweep: dict[str, Any], plain: dict[str, Any] | None
+) -> list[float]:
+    """Test NDCG@10 of the top-k MoE over seeds: the seed sweep of the same data set (and
+    features) plus the plain report's own run when its seed is not among them."""
+    features = sweep["config"]["model"].get("item_feature_mode", "none")
+    by_seed: dict[int, float] = {}
+    for report in results["quality"]:
+        if report["dataset"] != sweep["dataset"]:
+            continue
+        if report["config"]["model"].get("item_feature_mode", "none") != features:
+            continue
+        for row in report["rows"]:
+            if row["variant"] == "moe" and "seed" in row:
+                by_seed[int(row["seed"])] = row["test"]["ndcg@10"]
+    if plain is not None and by_seed:
+        own = next((row for row in plain["rows"] if row["variant"] == "moe"), None)
+        seed = int(plain["config"]["train"]["seed"])
+        if own is not None:
+            by_seed.setdefault(seed, own["test"]["ndcg@10"])
+    return list(by_seed.values())
 
 
 def _is_sweep(report: dict[str, Any]) -> bool:
