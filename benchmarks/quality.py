@@ -259,7 +259,10 @@ def row_label(row: dict[str, Any]) -> str:
     """'moe', 'dense-active', …; 'moe top-p 0.5' or 'moe seed 43' in a sweep."""
     if "top_p" in row:
         return f"moe top-p {row['top_p']:g}"
-    return f"{row['variant']} seed {row['seed']}" if "seed" in row else str(row["variant"])
+    if "seed" not in row:
+        return str(row["variant"])
+    label = f"{row['variant']} seed {row['seed']}"
+    return label + " (the variants run above)" if row.get("from_variants_run") else label
 
 
 def _report(
@@ -358,10 +361,14 @@ def splice_section(text: str, section: str) -> str:
 def render_markdown(results_dir: Path) -> str:
     """The quality and speed tables from every quality-*.json and speed.json in ``results_dir``."""
     lines: list[str] = []
-    for path in sorted(results_dir.glob("quality-*.json")):
-        report = json.loads(path.read_text(encoding="utf-8"))
-        if report["dataset"] == "tiny":
-            continue
+    reports = [
+        json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(results_dir.glob("quality-*.json"))
+    ]
+    reports = [report for report in reports if report["dataset"] != "tiny"]
+    for report in reports:
+        if any("seed" in row for row in report["rows"]):
+            report = _with_variants_run(report, reports)
         lines += _dataset_section(report)
     speed = results_dir / "speed.json"
     if speed.is_file():
@@ -470,6 +477,31 @@ def _comparison(rows: list[dict[str, Any]], max_epochs: int) -> list[str]:
             f"{', '.join(capped)}."
         )
     return notes
+
+
+def _with_variants_run(sweep: dict[str, Any], reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """A seed sweep plus the same data set's variants run (same features) as one more seed,
+    when that seed is not in the sweep: the spread then covers every seed measured."""
+
+    def features(report: dict[str, Any]) -> str:
+        return str(report["config"]["model"].get("item_feature_mode", "none"))
+
+    seeds = {(row["variant"], row.get("seed")) for row in sweep["rows"]}
+    extra = []
+    for report in reports:
+        if report["dataset"] != sweep["dataset"] or features(report) != features(sweep):
+            continue
+        if any("seed" in row or "top_p" in row for row in report["rows"]):
+            continue
+        seed = report["config"]["train"]["seed"]
+        extra += [
+            {**row, "seed": seed, "from_variants_run": True}
+            for row in report["rows"]
+            if "cost" in row
+            and (row["variant"], seed) not in seeds
+            and any(r["variant"] == row["variant"] for r in sweep["rows"] if "seed" in r)
+        ]
+    return {**sweep, "rows": [*sweep["rows"], *extra]} if extra else sweep
 
 
 def _sweep_title(rows: list[dict[str, Any]]) -> str:

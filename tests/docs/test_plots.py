@@ -64,7 +64,7 @@ def test_every_figure_is_a_valid_png(rendered):
     pngs = sorted((rendered / "img").glob("*.png"))
     names = {png.name for png in pngs}
     assert {"serving-throughput.png", "serving-latency.png", "soak-memory.png"} <= names
-    assert {"quality.png", "expert-load.png"} <= names
+    assert {"quality.png", "expert-load.png", "top-p-curve.png"} <= names
     for png in pngs:
         with Image.open(png) as image:
             image.verify()
