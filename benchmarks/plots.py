@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, LogLocator, NullLocator, ScalarFormatter
 
 import docs_section
+from quality_reports import is_sweep, seed_runs, variants_run
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -353,7 +354,7 @@ def quality_ndcg(results: Results) -> tuple[Figure, Plot] | None:
     reports = [
         r
         for r in results["quality"]
-        if not _is_sweep(r) and any(row["variant"] in VARIANTS for row in r["rows"])
+        if not is_sweep(r) and any(row["variant"] in VARIANTS for row in r["rows"])
     ]
     if not reports:
         return None
@@ -389,7 +390,7 @@ def quality_ndcg(results: Results) -> tuple[Figure, Plot] | None:
 def expert_load(results: Results) -> tuple[Figure, Plot] | None:
     panels: list[tuple[str, int, dict[str, Any]]] = []
     for report in results["quality"]:
-        if _is_sweep(report):
+        if is_sweep(report):
             continue
         for row in report["rows"]:
             if row["variant"] != "moe":
@@ -457,17 +458,7 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
         )
         for x, y, p in points:
             ax.annotate(f"p={p:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        plain = next(
-            (
-                r
-                for r in results["quality"]
-                if r["dataset"] == sweep["dataset"]
-                and not _is_sweep(r)
-                and r["config"]["model"].get("item_feature_mode", "none")
-                == sweep["config"]["model"].get("item_feature_mode", "none")
-            ),
-            None,
-        )
+        plain = variants_run(results["quality"], sweep)
         rows = {row["variant"]: row for row in plain["rows"]} if plain else {}
         if "moe" in rows:
             moe = rows["moe"]
@@ -479,7 +470,7 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
                 color="tab:red",
                 label=f"moe, top-{plain['config']['model']['moe_top_k']}",
             )
-        spread = _seed_values(results, sweep, plain)
+        spread = [row["test"]["ndcg@10"] for row in seed_runs(results["quality"], sweep, "moe")]
         if "moe" in rows and len(spread) > 1:
             x = rows["moe"]["routing"]["experts_per_token"]
             ax.vlines(x, min(spread), max(spread), color="tab:red", linewidth=1)
@@ -513,34 +504,6 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
         "MoE of the same data set, with a vertical line from its lowest to its highest result "
         "over seeds where a seed sweep exists; the dashed line its dense-active baseline.",
     )
-
-
-def _seed_values(
-    results: Results, sweep: dict[str, Any], plain: dict[str, Any] | None
-) -> list[float]:
-    """Test NDCG@10 of the top-k MoE over seeds: the seed sweep of the same data set (and
-    features) plus the plain report's own run when its seed is not among them."""
-    features = sweep["config"]["model"].get("item_feature_mode", "none")
-    by_seed: dict[int, float] = {}
-    for report in results["quality"]:
-        if report["dataset"] != sweep["dataset"]:
-            continue
-        if report["config"]["model"].get("item_feature_mode", "none") != features:
-            continue
-        for row in report["rows"]:
-            if row["variant"] == "moe" and "seed" in row:
-                by_seed[int(row["seed"])] = row["test"]["ndcg@10"]
-    if plain is not None and by_seed:
-        own = next((row for row in plain["rows"] if row["variant"] == "moe"), None)
-        seed = int(plain["config"]["train"]["seed"])
-        if own is not None:
-            by_seed.setdefault(seed, own["test"]["ndcg@10"])
-    return list(by_seed.values())
-
-
-def _is_sweep(report: dict[str, Any]) -> bool:
-    """A top-p or seed sweep (quality-<name>-topp/-seeds.json), not a variants comparison."""
-    return any("top_p" in row or "seed" in row for row in report["rows"])
 
 
 def _machine(report: dict[str, Any]) -> str:

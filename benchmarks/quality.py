@@ -40,6 +40,7 @@ from moerec.evaluation import evaluate_popularity
 from moerec.evaluation.cost import measure_cost
 from moerec.runtime import active_allocator, reexec_with_jemalloc
 from moerec.training import train
+from quality_reports import seed_runs
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS: dict[str, dict[str, str]] = {
@@ -171,7 +172,7 @@ def _integers(text: str) -> list[int]:
 
 
 def jobs(config: ExperimentConfig, args: argparse.Namespace) -> list[tuple[dict, ExperimentConfig]]:
-    """(row labels, config) per model to train: the variants, or the top-p sweep."""
+    """(row labels, config) per model to train: the variants, the seed or the top-p sweep."""
     if args.seeds:
         return [
             ({"variant": variant, "seed": seed}, _with_seed(resolve_variant(config, variant), seed))  # type: ignore[arg-type]
@@ -482,25 +483,13 @@ def _comparison(rows: list[dict[str, Any]], max_epochs: int) -> list[str]:
 def _with_variants_run(sweep: dict[str, Any], reports: list[dict[str, Any]]) -> dict[str, Any]:
     """A seed sweep plus the same data set's variants run (same features) as one more seed,
     when that seed is not in the sweep: the spread then covers every seed measured."""
-
-    def features(report: dict[str, Any]) -> str:
-        return str(report["config"]["model"].get("item_feature_mode", "none"))
-
-    seeds = {(row["variant"], row.get("seed")) for row in sweep["rows"]}
-    extra = []
-    for report in reports:
-        if report["dataset"] != sweep["dataset"] or features(report) != features(sweep):
-            continue
-        if any("seed" in row or "top_p" in row for row in report["rows"]):
-            continue
-        seed = report["config"]["train"]["seed"]
-        extra += [
-            {**row, "seed": seed, "from_variants_run": True}
-            for row in report["rows"]
-            if "cost" in row
-            and (row["variant"], seed) not in seeds
-            and any(r["variant"] == row["variant"] for r in sweep["rows"] if "seed" in r)
-        ]
+    variants = dict.fromkeys(row["variant"] for row in sweep["rows"] if "seed" in row)
+    extra = [
+        row
+        for variant in variants
+        for row in seed_runs(reports, sweep, variant)
+        if row.get("from_variants_run")
+    ]
     return {**sweep, "rows": [*sweep["rows"], *extra]} if extra else sweep
 
 
