@@ -157,7 +157,6 @@ class ServiceMetrics:
         )
         self._model_labels: dict[str, tuple[str, ...]] = {}
         self._series: dict[tuple[object, tuple[str, ...]], Any] = {}
-        self._expert_series: dict[tuple[int, int], Any] = {}
 
     def series(self, metric: Counter | Histogram, *labels: str) -> Any:
         """``metric.labels(*labels)``, remembered. prometheus_client's lookup takes a lock and
@@ -178,12 +177,9 @@ class ServiceMetrics:
         for use in experts:
             self.experts_per_request.observe(len(use.experts))
             self.routing_entropy.observe(_entropy_bits(use.weights))
+            layer = str(use.layer)
             for expert in use.experts:
-                series = self._expert_series.get((use.layer, expert))
-                if series is None:
-                    series = self.expert_activations.labels(str(use.layer), str(expert))
-                    self._expert_series[use.layer, expert] = series
-                series.inc()
+                self.series(self.expert_activations, layer, str(expert)).inc()
 
     def set_model(
         self, arm: str, name: str, version: str, variant: str, experts: int, top_k: int
