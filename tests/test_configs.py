@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from moerec.config import VARIANTS, load_config, resolve_variant
+from moerec.config import VARIANTS, ModelConfig, load_config, resolve_variant
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -17,9 +17,17 @@ def test_there_are_frozen_configs():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_the_config_and_its_variants_load(path: Path):
+def test_the_config_and_its_dense_baselines_are_valid(path: Path):
     config = load_config(path)
     assert config.model.hidden_size == 64, "headline configs stay at hidden size 64"
+    widths = {}
     for variant in VARIANTS:
-        resolved = resolve_variant(config, variant)
-        assert resolved.model.hidden_size == config.model.hidden_size
+        model = resolve_variant(config, variant).model
+        # resolve_variant copies without validating: validate the result as a config file is
+        ModelConfig.model_validate(model.model_dump())
+        widths[variant] = model.ffn_hidden_size
+    moe = config.model
+    assert widths["dense-active"] == moe.ffn_hidden_size * moe.active_experts
+    assert widths["dense-params"] == moe.ffn_hidden_size * (
+        moe.moe_num_experts + moe.moe_num_shared_experts
+    )

@@ -201,7 +201,7 @@ def test_recommend_from_db_leaves_out_what_the_user_dismissed(trained_from_db, e
     url = f"sqlite+aiosqlite:///{copy}"
     user = "7"
 
-    def top(*extra: str) -> list[str]:
+    def top(*extra: str) -> str:
         result = runner.invoke(
             app,
             [
