@@ -11,7 +11,7 @@ from moerec.config import ExperimentConfig
 from moerec.data.dataset import Dataset, dataset_from_interactions
 from moerec.data.synthetic import generate_interactions
 from moerec.training import TrainResult, train
-from tests.helpers import small_config
+from tests.helpers import alternating_rails, rails_config, small_config
 
 # The public data sets (MovieLens, Amazon, …) are never part of the repository: tests that
 # read them look in $MOEREC_DATA_ROOT, else in a shared/data folder beside the checkout.
@@ -31,6 +31,18 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset() -> Dataset:
     return dataset_from_interactions(generate_interactions(num_users=300, num_items=120, seed=5))
+
+
+@pytest.fixture(scope="session")
+def rails() -> Dataset:
+    """Two item rails that only the time of the next event tells apart (see helpers)."""
+    return dataset_from_interactions(alternating_rails())
+
+
+@pytest.fixture(scope="session")
+def rails_timed(rails: Dataset) -> TrainResult:
+    """A model with time context trained on ``rails``: it learns which rail comes next."""
+    return train(rails, rails_config(True), progress=False)
 
 
 @pytest.fixture(scope="session")

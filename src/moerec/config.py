@@ -56,6 +56,11 @@ class DataConfig(_Strict):
     )
 
 
+# The ids a model with time_context reads per event (see moerec.data.time_context).
+GAP_BUCKETS = 32  # 0 unknown, 1 same second, 2 + floor(log2(seconds)) up to ~17 years
+HOUR_BUCKETS = 25  # 0 unknown, 1 + hour of day (UTC)
+
+
 class ModelConfig(_Strict):
     """The sequential recommender: embeddings, N causal blocks with MoE feed-forward, tied head.
 
@@ -81,6 +86,11 @@ class ModelConfig(_Strict):
     )
     max_item_attributes: int = Field(
         0, ge=0, description="Most attributes of one item (set from the data)."
+    )
+    time_context: bool = Field(
+        False,
+        description="Embed each event's gap since the previous one (log2 buckets) and its hour "
+        "of day (UTC), and the request's own gap and hour (needs data with timestamps).",
     )
     moe_num_experts: int = Field(8, ge=1, description="Experts per MoE layer (1 = dense FFN).")
     moe_top_k: int = Field(2, ge=1, description="Experts per token in top-k routing.")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from moerec.data.time_context import context_ids
+
 
 def left_pad(offsets: np.ndarray, items: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
     """The last ``width`` items of each selected CSR row, right-aligned, 0-padded on the left.
@@ -49,3 +51,24 @@ def trim_padding(batch: np.ndarray) -> np.ndarray:
     if not used.any():
         return batch[:, -1:]
     return batch[:, int(used.argmax()) :]
+
+
+def event_context(
+    offsets: np.ndarray,
+    items: np.ndarray,
+    times: np.ndarray,
+    rows: np.ndarray,
+    width: int,
+    next_times: np.ndarray | None = None,
+) -> np.ndarray:
+    """(gap id, hour id) of the last ``width`` events of each selected row, left-padded like
+    ``left_pad``, plus, with ``next_times`` (B,), one more column for the event to predict.
+
+    -> (B, width, 2), or (B, width + 1, 2) with ``next_times``: a model's ``context``.
+    """
+    present = left_pad(offsets, items, rows, width) != 0  # items are ids >= 1
+    stamps = left_pad(offsets, times, rows, width)
+    if next_times is not None:
+        present = np.concatenate([present, np.ones((present.shape[0], 1), dtype=bool)], axis=1)
+        stamps = np.concatenate([stamps, np.asarray(next_times, np.int64)[:, None]], axis=1)
+    return context_ids(stamps, present)

@@ -16,11 +16,13 @@ class Sequences:
     """Row ``u`` is ``items[offsets[u]:offsets[u + 1]]``.
 
     Two flat arrays instead of a list of arrays: millions of users cost two allocations, the
-    whole thing hashes and saves trivially, and slicing a row is free.
+    whole thing hashes and saves trivially, and slicing a row is free. ``times``, when the
+    source had timestamps, is the Unix time (seconds) of each item, in the same layout.
     """
 
     offsets: np.ndarray
     items: np.ndarray
+    times: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         offsets = np.asarray(self.offsets, dtype=np.int64)
@@ -31,6 +33,11 @@ class Sequences:
             raise ValueError("Sequences.offsets must be non-decreasing and end at len(items)")
         object.__setattr__(self, "offsets", offsets)
         object.__setattr__(self, "items", items)
+        if self.times is not None:
+            times = np.asarray(self.times, dtype=np.int64)
+            if times.shape != items.shape:
+                raise ValueError("Sequences.times must have one entry per item")
+            object.__setattr__(self, "times", times)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -63,11 +70,18 @@ def build_sequences(interactions: Interactions, vocab: Vocabulary) -> Sequences:
     """One chronological row per vocabulary user (row ``u`` = ``vocab.user_ids[u]``).
 
     The sort is stable, so interactions with the same timestamp keep their order in the file
-    (MovieLens has many same-second ratings; pairs files rely on file order entirely).
+    (MovieLens has many same-second ratings; pairs files rely on file order entirely). Files
+    without time (whose timestamps are the row positions) give sequences without ``times``.
     """
     users = vocab.encode_users(interactions.users)
     items = vocab.encode_items(interactions.items)
     order = np.lexsort((interactions.timestamps, users))  # lexsort is stable
     counts = np.bincount(users, minlength=vocab.num_users)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return Sequences(offsets, items[order])
+    timed = has_real_times(interactions.timestamps)
+    return Sequences(offsets, items[order], interactions.timestamps[order] if timed else None)
+
+
+def has_real_times(timestamps: np.ndarray) -> bool:
+    """False for the row positions that readers give files without a time column."""
+    return not np.array_equal(timestamps, np.arange(len(timestamps), dtype=timestamps.dtype))

@@ -18,6 +18,7 @@ class EvalSet:
     users: np.ndarray  # (m,) int64 user indices
     histories: Sequences  # m rows, chronological
     targets: np.ndarray  # (m,) int64 encoded items
+    target_times: np.ndarray | None = None  # (m,) Unix seconds, when the data had times
 
     def __len__(self) -> int:
         return len(self.users)
@@ -44,7 +45,8 @@ def _truncate(sequences: Sequences, keep: np.ndarray, rows: np.ndarray) -> Seque
     selected[rows] = True
     mask = np.repeat(selected, lengths) & (position < np.repeat(keep, lengths))
     offsets = np.concatenate([[0], np.cumsum(keep[rows])]).astype(np.int64)
-    return Sequences(offsets, sequences.items[mask])
+    times = None if sequences.times is None else sequences.times[mask]
+    return Sequences(offsets, sequences.items[mask], times)
 
 
 def leave_one_out(sequences: Sequences) -> LeaveOneOutSplit:
@@ -58,10 +60,16 @@ def leave_one_out(sequences: Sequences) -> LeaveOneOutSplit:
         users=users,
         histories=_truncate(sequences, lengths - 2, users),
         targets=sequences.items[ends[users] - 2],
+        target_times=_at(sequences.times, ends[users] - 2),
     )
     test = EvalSet(
         users=users.copy(),
         histories=_truncate(sequences, lengths - 1, users),
         targets=sequences.items[ends[users] - 1],
+        target_times=_at(sequences.times, ends[users] - 1),
     )
     return LeaveOneOutSplit(train=_truncate(sequences, train_keep, every), valid=valid, test=test)
+
+
+def _at(times: np.ndarray | None, index: np.ndarray) -> np.ndarray | None:
+    return None if times is None else times[index]

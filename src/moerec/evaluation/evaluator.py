@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from moerec.config import EvalConfig
-from moerec.data.batching import flat_rows, left_pad, trim_padding
+from moerec.data.batching import event_context, flat_rows, left_pad, trim_padding
 from moerec.data.sequences import Sequences
 from moerec.data.split import EvalSet
 from moerec.evaluation.metrics import metrics_from_ranks
@@ -55,9 +55,19 @@ def evaluate(
     offsets, items = eval_set.histories.offsets, eval_set.histories.items
     device = model.item_embedding.weight.device  # a GPU under torchrun with nccl
 
+    times, target_times = eval_set.histories.times, eval_set.target_times
+    if not model.config.time_context:
+        times = target_times = None
+
     def score(rows: np.ndarray) -> ChunkScorer:
         seq = torch.from_numpy(trim_padding(left_pad(offsets, items, rows, model.config.max_len)))
-        user_hidden, out = model.encode_users(seq.to(device))  # (B, D)
+        context = None
+        if times is not None and target_times is not None:
+            # the target's time is the request's: when the user comes back
+            context = torch.from_numpy(
+                event_context(offsets, items, times, rows, seq.shape[1], target_times[rows])
+            ).to(device)
+        user_hidden, out = model.encode_users(seq.to(device), context)  # (B, D)
         routing.add(out.routing)
         # (B, C) per chunk; ranking happens on the CPU
         return lambda start, stop: model.score_range(user_hidden, start, stop).cpu()

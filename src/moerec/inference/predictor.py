@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from moerec import MoerecError
-from moerec.data.batching import flat_rows, left_pad, trim_padding
+from moerec.data.batching import event_context, flat_rows, left_pad, trim_padding
 from moerec.evaluation.evaluator import exclude_seen
 from moerec.evaluation.ranking import Exclusions, chunked_topk
 from moerec.registry import Artefact, load_artefact
@@ -62,6 +62,10 @@ class Query:
     exclude: np.ndarray | None = None  # encoded items never to recommend
     candidates: np.ndarray | None = None  # rank only these encoded items
     score_only: bool = False  # return the scores of `candidates`, in the order given
+    # Models with time context: Unix seconds of each history item, and of the request. Either
+    # may be left out (unknown); the model then answers without that part of the context.
+    times: np.ndarray | None = None
+    now: float | None = None
 
 
 class Predictor:
@@ -100,6 +104,15 @@ class Predictor:
     def version(self) -> str:
         return self.artefact.version
 
+    @property
+    def time_context(self) -> bool:
+        """Whether the model reads event times (``Query.times`` and ``Query.now``)."""
+        return self.model.config.time_context
+
+    def known_positions(self, raw_items: Sequence[str]) -> list[int]:
+        """Positions in ``raw_items`` of the items the model knows: those ``encode`` keeps."""
+        return [i for i, raw in enumerate(raw_items) if self.vocab.item_index(str(raw)) is not None]
+
     def encode(self, raw_items: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         """Encoded ids of the known items, in order, and the raw ids the model does not know."""
         known: list[int] = []
@@ -132,7 +145,10 @@ class Predictor:
         seq = torch.from_numpy(
             trim_padding(left_pad(offsets, items, rows, self.max_len))
         )  # (B, ≤L)
-        user_hidden, out = self.model.encode_users(seq)  # (B, D)
+        context = None
+        if self.model.config.time_context:
+            context = self._context(queries, offsets, items, rows, seq.shape[1])
+        user_hidden, out = self.model.encode_users(seq, context)  # (B, D)
         # Python lists once per batch: per-query tensor indexing cost more than the query's
         # share of the forward pass at batch 16.
         routing = [
@@ -142,6 +158,36 @@ class Predictor:
         if self.model.config.num_items + 1 > self.score_chunk_items:
             return self._run_chunked(queries, user_hidden, routing)
         return self._run_whole(queries, user_hidden, routing, offsets, items, rows)
+
+    @staticmethod
+    def _context(
+        queries: Sequence[Query],
+        offsets: np.ndarray,
+        items: np.ndarray,
+        rows: np.ndarray,
+        width: int,
+    ) -> Tensor:
+        """(B, width + 1, 2) time context of the batch; 0 (unknown) where a query has no times
+        or no request time."""
+        stamps = []
+        for query in queries:
+            if query.times is None:
+                stamps.append(np.zeros(len(query.history), dtype=np.int64))
+            elif len(query.times) != len(query.history):
+                raise MoerecError(
+                    f"a query has {len(query.times)} times for {len(query.history)} history items"
+                )
+            else:
+                stamps.append(np.asarray(query.times, dtype=np.float64).astype(np.int64))
+        now = np.asarray([q.now or 0 for q in queries], dtype=np.float64).astype(np.int64)
+        context = event_context(offsets, items, np.concatenate(stamps), rows, width, now)
+        for b, query in enumerate(queries):
+            if query.times is None:  # no gaps, no hours: only the request's hour is known
+                context[b, :, 0] = 0
+                context[b, :-1, 1] = 0
+            if query.now is None:
+                context[b, -1] = 0
+        return torch.from_numpy(context)
 
     def _run_whole(
         self,

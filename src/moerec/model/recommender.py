@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moerec.config import ModelConfig
+from moerec.config import GAP_BUCKETS, HOUR_BUCKETS, ModelConfig
 from moerec.model.dropout import Dropout
 from moerec.model.encoder import Block, attention_mask
 from moerec.model.experts import Experts
@@ -71,6 +71,14 @@ class SequentialRecommender(nn.Module):
                 raise ValueError("item_attributes given, but model.item_feature_mode is 'none'")
         else:
             self._build_item_features(config, item_attributes)
+        # Same reason: drawn last, so the weights a model without time context has match.
+        self.time_embeddings: nn.ModuleList | None = None
+        if config.time_context:
+            sizes = (GAP_BUCKETS, HOUR_BUCKETS, GAP_BUCKETS, HOUR_BUCKETS)  # own, then next
+            self.time_embeddings = nn.ModuleList(
+                nn.Embedding(n, config.hidden_size, padding_idx=0) for n in sizes
+            )
+            self.time_embeddings.apply(self._init_weights)
 
     def _build_item_features(self, config: ModelConfig, item_attributes: Tensor | None) -> None:
         if config.num_attributes < 1 or config.max_item_attributes < 1:
@@ -114,22 +122,34 @@ class SequentialRecommender(nn.Module):
             nn.init.normal_(module.w_in, std=0.02)
             nn.init.normal_(module.w_out, std=0.02)
 
-    def forward(self, item_seq: Tensor, last_only: bool = False) -> EncoderOutput:
+    def forward(
+        self, item_seq: Tensor, last_only: bool = False, context: Tensor | None = None
+    ) -> EncoderOutput:
         """item_seq: (B, T) left-padded item ids, T ≤ max_len -> EncoderOutput.
 
         ``last_only`` (inference) runs the final block for the last position only, so
         ``hidden`` is (B, 1, D) and the final layer's routing covers each user's last item.
         Every row must then end with an item, as left-padded histories do.
+
+        ``context`` (models with ``time_context``): (B, T + 1, 2) (gap id, hour id) of each
+        input event and, in the last column, of the event each position predicts (the
+        target in training, the request in serving). Position t reads its own event's ids
+        and those of event t + 1: when the next event happens, never what it is. None reads
+        as unknown (id 0) everywhere.
         """
         seq_len = item_seq.shape[1]
         if seq_len > self.config.max_len:
             item_seq = item_seq[:, -self.config.max_len :]
+            if context is not None:
+                context = context[:, -(self.config.max_len + 1) :]
             seq_len = self.config.max_len
         token_mask = item_seq != PADDING_ID  # (B, T)
         positions = torch.arange(
             self.config.max_len - seq_len, self.config.max_len, device=item_seq.device
         )  # (T,) right-aligned
         x = self.item_vectors(item_seq) + self.position_embedding(positions)  # (B, T, D)
+        if self.time_embeddings is not None and context is not None:
+            x = x + self._time_vectors(context, seq_len)
         x = self.embedding_dropout(x)
         mask = attention_mask(token_mask)  # (B, 1, T, T)
         aux_loss = x.new_zeros(())
@@ -156,6 +176,24 @@ class SequentialRecommender(nn.Module):
             aux_loss=aux_loss,
             routing=routing,
             last_position=last_position,
+        )
+
+    def _time_vectors(self, context: Tensor, seq_len: int) -> Tensor:
+        """context: (B, T + 1, 2) -> (B, T, D): own and next event's gap and hour vectors."""
+        if context.shape[1] != seq_len + 1 or context.shape[-1] != 2:
+            raise ValueError(
+                f"context has shape {tuple(context.shape)}, expected (B, {seq_len + 1}, 2): "
+                "one (gap, hour) pair per input event and one for the predicted event"
+            )
+        if self.time_embeddings is None:
+            raise ValueError("context given to a model built without model.time_context")
+        own_gap, own_hour, next_gap, next_hour = self.time_embeddings
+        own, following = context[:, :-1], context[:, 1:]  # (B, T, 2) each
+        return (
+            own_gap(own[..., 0])
+            + own_hour(own[..., 1])
+            + next_gap(following[..., 0])
+            + next_hour(following[..., 1])
         )
 
     def _attribute_means(self, embedding: nn.Embedding, rows: Tensor | slice) -> Tensor:
@@ -230,10 +268,13 @@ class SequentialRecommender(nn.Module):
         """
         return hidden @ self.item_table(1).T  # (..., V - 1)
 
-    def encode_users(self, item_seq: Tensor) -> tuple[Tensor, EncoderOutput]:
+    def encode_users(
+        self, item_seq: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, EncoderOutput]:
         """The user representation: the last position's hidden state. -> (B, D), EncoderOutput.
 
         Only the last position is computed in the final block; histories must be non-empty.
+        ``context``: as in ``forward``, its last column the request's.
         """
-        out = self(item_seq, last_only=True)
+        out = self(item_seq, last_only=True, context=context)
         return out.hidden[:, -1], out

@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
 from moerec.config import ServiceSettings
-from moerec.inference import Query, Recommendation
+from moerec.data.time_context import gap_ids, hour_ids
+from moerec.inference import Predictor, Query, Recommendation
 from moerec.serving.audit import AuditTrail
 from moerec.serving.auth import TokenVerifier
 from moerec.serving.errors import ApiError
@@ -36,7 +38,7 @@ from moerec.serving.resilience import (
 )
 from moerec.storage import NewEvent, Storage, StoredEvent, UserHistory
 from moerec.storage.cache import ResponseCache, cache_key
-from moerec.storage.database import NEGATIVE_EVENT_TYPES
+from moerec.storage.database import NEGATIVE_EVENT_TYPES, unix_seconds
 from moerec.storage.spool import EventSpool, SpooledEvent
 
 log = logging.getLogger("moerec.serving")
@@ -78,6 +80,7 @@ class Subject:
     dismissed: frozenset[str]
     version: str  # changes whenever the history does
     degraded: bool = False  # read from memory: the database did not answer
+    occurred_at: list[Any] | None = None  # each item's stored time, for a model that reads time
 
 
 async def load_subject(
@@ -99,14 +102,46 @@ async def load_subject(
         services.metrics.degraded.labels(DATABASE).inc()
         stored = services.histories.get(user_id) or UserHistory(user_id, [], [], 0, False)
     items: list[str] = []
+    kept: list[int] = []
     dismissed: set[str] = set()
-    for item, kind in zip(stored.items, stored.event_types, strict=True):
+    for position, (item, kind) in enumerate(zip(stored.items, stored.event_types, strict=True)):
         if kind in NEGATIVE_EVENT_TYPES:  # "not this": out of the history, never shown again
             dismissed.add(item)
         else:
             items.append(item)
+            kept.append(position)
     version = f"{stored.version}m" if degraded else str(stored.version)
-    return Subject(user_id, items, frozenset(dismissed), version, degraded)
+    occurred = None
+    if model.predictor.time_context and len(stored.occurred_at) == len(stored.items):
+        occurred = [stored.occurred_at[i] for i in kept]
+    return Subject(user_id, items, frozenset(dismissed), version, degraded, occurred)
+
+
+def time_fields(predictor: Predictor, subject: Subject, now: float) -> dict[str, Any]:
+    """``Query.times`` and ``Query.now`` for a model that reads time, else nothing.
+
+    Only the times the model reads (its last ``max_len`` known items) are converted: the
+    history is longer, for seen-item exclusion, and older positions stay unknown (0).
+    """
+    if not predictor.time_context:
+        return {}
+    if subject.occurred_at is None:  # an anonymous history: only the request's time is known
+        return {"now": now}
+    known = predictor.known_positions(subject.items)
+    times = np.zeros(len(known), dtype=np.float64)
+    read = known[-predictor.max_len :]
+    times[len(known) - len(read) :] = [unix_seconds(subject.occurred_at[i]) for i in read]
+    return {"times": times, "now": now}
+
+
+def time_key(fields: dict[str, Any]) -> list[int] | None:
+    """The request's (gap id, hour id) for the cache key: an answer depends on them."""
+    if "now" not in fields:
+        return None
+    times = fields.get("times")
+    last = float(times[-1]) if times is not None and len(times) else None
+    gap = 0 if last is None else int(gap_ids(np.asarray([fields["now"] - last]))[0])
+    return [gap, int(hour_ids(np.asarray([fields["now"]]))[0])]
 
 
 def check_limit(name: str, size: int, limit: int) -> None:
@@ -172,12 +207,15 @@ async def _recommend(
     exclude_history: bool,
 ) -> dict[str, Any]:
     subject = await load_subject(services, model, user_id, history)
-    params = {
+    timing = time_fields(model.predictor, subject, time.time())
+    params: dict[str, Any] = {
         "k": k,
         "candidates": candidates,
         "exclude": exclude,
         "exclude_history": exclude_history,
     }
+    if timing:
+        params["time"] = time_key(timing)
     key = cache_key(cache_namespace(arm), model.version, user_id, subject.version, params)
     hit = await services.cache.get(key)
     if hit is not None:
@@ -202,6 +240,7 @@ async def _recommend(
             exclude_history=exclude_history,
             exclude=predictor.encode(sorted(banned))[0] if banned else None,
             candidates=predictor.encode(candidates)[0] if candidates is not None else None,
+            **timing,
         )
         try:
             rec = await services.guard.call(breaker_name(arm), lambda: model.batcher.submit(query))
@@ -307,7 +346,13 @@ async def score(
     known_raw = [i for i in items if predictor.vocab.item_index(i) is not None]
     if len(asked) == 0:
         return _scores_payload(arm, subject, model, [], [], unknown, [])
-    query = Query(encoded, candidates=asked, exclude_history=False, score_only=True)
+    query = Query(
+        encoded,
+        candidates=asked,
+        exclude_history=False,
+        score_only=True,
+        **time_fields(predictor, subject, time.time()),
+    )
     try:
         rec = await services.guard.call(breaker_name(arm), lambda: model.batcher.submit(query))
     except DependencyDown:

@@ -23,7 +23,7 @@ import sqlite3
 import threading
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
 from typing import Any, Self, TypeVar
@@ -176,7 +176,9 @@ class ArmEvents:
 class UserHistory:
     """The model input for one user: item ids oldest first, with their event types.
 
-    ``version`` is 0 and ``known`` False for a user who never sent an event.
+    ``version`` is 0 and ``known`` False for a user who never sent an event. ``occurred_at``
+    holds each event's time as the database returned it (SQLite gives text); only a model
+    that reads time needs it, so it is converted on demand by ``unix_times``, not per read.
     """
 
     user_id: str
@@ -184,6 +186,21 @@ class UserHistory:
     event_types: list[str]
     version: int
     known: bool
+    # compare=False: the two read paths return the same instants in different types
+    occurred_at: list[Any] = field(default_factory=list, compare=False)
+
+    def unix_times(self, positions: Iterable[int]) -> list[float]:
+        """Unix seconds of the events at ``positions`` (indexes into ``items``)."""
+        return [unix_seconds(self.occurred_at[i]) for i in positions]
+
+
+def unix_seconds(value: datetime | str) -> float:
+    """A stored event time as Unix seconds: a datetime, or SQLite's text of a UTC one."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:  # SQLite keeps no offset; every stored time is UTC
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
 
 
 @dataclass(frozen=True)
@@ -314,7 +331,7 @@ _recent = (
 # One row per recent event (oldest first), or one row of NULL events for a user without any,
 # or no row for an unknown user: the version and the history in a single round trip.
 _HISTORY = (
-    select(users.c.history_version, _recent.c.item_id, _recent.c.event_type)
+    select(users.c.history_version, _recent.c.item_id, _recent.c.event_type, _recent.c.occurred_at)
     .select_from(users.outerjoin(_recent, true()))
     .where(users.c.id == bindparam("user_id"))
     .order_by(_recent.c.occurred_at, _recent.c.id)
@@ -755,7 +772,8 @@ class Storage:
                     rows = [tuple(row) for row in result]
         if not rows:
             return UserHistory(user_id, [], [], version=0, known=False)
-        # (history_version, item_id, event_type); one row of NULLs for a user without events
+        # (history_version, item_id, event_type, occurred_at); one row of NULLs for a user
+        # without events
         present = [row for row in rows if row[1] is not None]
         return UserHistory(
             user_id,
@@ -763,6 +781,7 @@ class Storage:
             [row[2] for row in present],
             version=int(rows[0][0]),
             known=True,
+            occurred_at=[row[3] for row in present],
         )
 
     async def user_events(

@@ -53,22 +53,11 @@ def import_key(user_id: str, position: int) -> str:
     return f"import:sha256-{digest}:{position}"
 
 
-def _times(dataset: Dataset) -> np.ndarray | None:
-    """Epoch seconds parallel to ``sequences.items`` when the data set carries them."""
-    timestamps = getattr(dataset.sequences, "timestamps", None)
-    if timestamps is None:
-        return None
-    times = np.asarray(timestamps)
-    if times.shape != dataset.sequences.items.shape:
-        return None
-    return times
-
-
 def _events(dataset: Dataset) -> Iterator[NewEvent]:
     """Every interaction as a NewEvent, user by user, each history in chronological order."""
     vocab, sequences = dataset.vocab, dataset.sequences
     raw_items: list[str] = np.asarray(vocab.item_ids, dtype=object)[sequences.items - 1].tolist()
-    times = _times(dataset)
+    times = sequences.times
     offsets = sequences.offsets.tolist()
     for row, user_id in enumerate(vocab.user_ids):
         start, end = offsets[row], offsets[row + 1]
@@ -94,9 +83,8 @@ async def import_dataset(
 ) -> ImportReport:
     """Write ``dataset``'s vocabulary items (with ``titles`` where known) and all histories.
 
-    Data sets keep only the order of each history, not its times, unless their sequences
-    carry a parallel ``timestamps`` array (epoch seconds); without it, imported events get
-    synthetic increasing times (see ``SYNTHETIC_START``) that preserve the order.
+    Events keep the data set's times (Unix seconds) when its file had them; files with order
+    only get synthetic increasing times (see ``SYNTHETIC_START``) that preserve the order.
     """
     titles = titles or {}
     items = await storage.upsert_items(

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from moerec import MoerecError
 from moerec.config import ExperimentConfig, TrainConfig
-from moerec.data.batching import left_pad, trim_padding
+from moerec.data.batching import event_context, left_pad, trim_padding
 from moerec.data.dataset import Dataset
 from moerec.data.sequences import Sequences
 from moerec.evaluation import EvaluationResult, RoutingSummary, evaluate
@@ -126,6 +126,14 @@ def batch_tensors(train: Sequences, rows: np.ndarray, max_len: int) -> tuple[Ten
     return window[:, :-1], window[:, 1:]  # (B, L), (B, L)
 
 
+def batch_context(train: Sequences, rows: np.ndarray, width: int) -> Tensor:
+    """The ``context`` of a ``batch_tensors`` batch whose inputs are ``width - 1`` wide: each
+    window event's (gap id, hour id); the last column is the last target's. -> (B, width, 2)"""
+    if train.times is None:
+        raise TrainingError("model.time_context needs timestamps, and these sequences have none")
+    return torch.from_numpy(event_context(train.offsets, train.items, train.times, rows, width))
+
+
 def loss_positions(train: Sequences, max_len: int) -> np.ndarray:
     """Positions that carry a loss in each row's training window. -> (U,)"""
     return np.maximum(np.minimum(train.lengths, max_len + 1) - 1, 0)
@@ -137,10 +145,12 @@ def sequence_loss(
     targets: Tensor,
     label_smoothing: float,
     sampled: SampledSoftmax | None = None,
+    context: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, list[Any]]:
     """Cross-entropy of every next item against the whole catalogue, or against the shared
-    negatives of ``sampled`` when given; returns (ce, aux, routing)."""
-    out = model(inputs)
+    negatives of ``sampled`` when given; returns (ce, aux, routing). ``context``: see
+    ``batch_context``."""
+    out = model(inputs, context=context)
     hidden = out.hidden[out.token_mask]  # (M, D) positions with a real input item
     if sampled is not None:
         ce = sampled(model, hidden, targets[out.token_mask])  # never builds (M, V) logits
@@ -161,9 +171,13 @@ class SequenceLoss(nn.Module):
         self.sampled = sampled
 
     def forward(
-        self, inputs: Tensor, targets: Tensor, label_smoothing: float
+        self,
+        inputs: Tensor,
+        targets: Tensor,
+        label_smoothing: float,
+        context: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, list[Any]]:
-        return sequence_loss(self.model, inputs, targets, label_smoothing, self.sampled)
+        return sequence_loss(self.model, inputs, targets, label_smoothing, self.sampled, context)
 
 
 def train_step(
@@ -174,6 +188,7 @@ def train_step(
     targets: Tensor,
     config: TrainConfig,
     loss_weight: float = 1.0,
+    context: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, list[Any]]:
     """One optimisation step on one batch; returns (ce, aux, routing stats).
 
@@ -187,9 +202,11 @@ def train_step(
                 "train.loss 'sampled' needs a negative sampler: pass "
                 "SequenceLoss(model, build_sampled_softmax(...)) instead of the bare model"
             )
-        ce, aux, stats = sequence_loss(model, inputs, targets, config.label_smoothing)
+        ce, aux, stats = sequence_loss(
+            model, inputs, targets, config.label_smoothing, context=context
+        )
     else:
-        ce, aux, stats = model(inputs, targets, config.label_smoothing)
+        ce, aux, stats = model(inputs, targets, config.label_smoothing, context)
     optimizer.zero_grad(set_to_none=True)
     loss = ce + aux
     if loss_weight != 1.0:
@@ -206,6 +223,11 @@ def fit_config_to_data(config: ExperimentConfig, dataset: Dataset) -> Experiment
     """``config`` with the sizes the data decides: the catalogue and, when the model uses item
     features, the attribute vocabulary and the widest item's attribute count."""
     config = config.with_num_items(dataset.num_items)
+    if config.model.time_context and dataset.sequences.times is None:
+        raise TrainingError(
+            f"model.time_context is on but {dataset.source} has no timestamps (its rows are "
+            "in order only); use a file with a time column, or set model.time_context: false"
+        )
     features = dataset.item_features
     if config.model.item_feature_mode == "none":
         if features is not None:
@@ -387,9 +409,12 @@ def _train_epoch(
     for rows in bar:
         shard = ctx.shard(rows, positions[rows])
         inputs, targets = batch_tensors(train_set, shard.rows, config.model.max_len)
+        context = None
+        if config.model.time_context:
+            context = batch_context(train_set, shard.rows, inputs.shape[1] + 1).to(ctx.device)
         ce, aux, stats = train_step(
             net, optimizer, scheduler, inputs.to(ctx.device), targets.to(ctx.device), tc,
-            loss_weight=shard.loss_weight,
+            loss_weight=shard.loss_weight, context=context,
         )  # fmt: skip
         loss = ce.item()
         if not math.isfinite(loss):
