@@ -288,6 +288,13 @@ def test_sqlite_history_reads_take_the_direct_path_and_fall_back_when_it_fails(
         assert direct == through_sqlalchemy
         assert direct.items == ["i2", "i3"]
         assert direct.version == 3
+        assert direct.occurred_at == []  # not asked for
+        expected = [event("u1", "i", "k", minutes=m).occurred_at.timestamp() for m in (1, 2)]
+        timed = await storage.user_history("u1", 2, times=True)
+        direct_timed = await _with(storage, reader, lambda: storage.user_history("u1", 2, True))
+        assert direct_timed == timed == direct
+        assert direct_timed.unix_times(range(2)) == expected  # SQLite's text, converted
+        assert timed.unix_times(range(2)) == expected
         assert await storage.user_history("nobody", 5) == (
             await _with(storage, reader, lambda: storage.user_history("nobody", 5))
         )

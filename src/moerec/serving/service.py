@@ -91,10 +91,11 @@ async def load_subject(
         digest = hashlib.blake2b("\x1f".join(anonymous).encode(), digest_size=12).hexdigest()
         return Subject(None, anonymous, frozenset(), digest)
     window = model.predictor.max_len * HISTORY_WINDOW_FACTOR
+    timed = model.predictor.time_context
     degraded = False
     try:
         stored = await services.guard.call(
-            DATABASE, lambda: services.storage.user_history(user_id, window)
+            DATABASE, lambda: services.storage.user_history(user_id, window, timed)
         )
         services.histories.remember(stored)
     except DependencyDown:
@@ -112,7 +113,7 @@ async def load_subject(
             kept.append(position)
     version = f"{stored.version}m" if degraded else str(stored.version)
     occurred = None
-    if model.predictor.time_context and len(stored.occurred_at) == len(stored.items):
+    if timed and len(stored.occurred_at) == len(stored.items):
         occurred = [stored.occurred_at[i] for i in kept]
     return Subject(user_id, items, frozenset(dismissed), version, degraded, occurred)
 
