@@ -526,6 +526,7 @@ def recommend(
             data, fmt, from_db, database_url, predictor.artefact.config, progress=not quiet
         )
         histories = _histories(dataset, split)
+        timing = _timing(dataset, split) if predictor.time_context else {}
         # The service never shows a user an item they dismissed; neither do its exports.
         dismissed = _dismissed(_database_url(database_url)) if from_db else {}
         banned = {
@@ -533,7 +534,7 @@ def recommend(
         }
         if all_users and output is not None:
             report = _export_all(
-                predictor, dataset, histories, k, output, banned, progress=not quiet
+                predictor, dataset, histories, timing, k, output, banned, progress=not quiet
             )
             skipped = (
                 f" ({report.skipped:,} skipped: no item the model knows)" if report.skipped else ""
@@ -553,7 +554,9 @@ def recommend(
                 raise MoerecError(f"user {raw_user!r} has no {split} history in {source}")
             raw_items = dataset.vocab.decode_items(histories[index].tolist())
             encoded, _unknown = predictor.encode(raw_items)
-            rec = predictor.run([Query(encoded, k=k, exclude=banned.get(raw_user))])[0]
+            times, now = _known_times(predictor, raw_items, timing.get(index))
+            query = Query(encoded, k=k, exclude=banned.get(raw_user), times=times, now=now)
+            rec = predictor.run([query])[0]
             results.append((raw_user, raw_items, rec))
         if as_json:
             out.print_json(
@@ -583,10 +586,44 @@ def _histories(dataset: Any, split: str) -> dict[int, Any]:
     return {int(u): eval_set.histories[i] for i, u in enumerate(eval_set.users)}
 
 
+def _timing(dataset: Any, split: str) -> dict[int, tuple[Any, float]]:
+    """User index → (history times, request time) for a model with time context.
+
+    The request time is the target's for valid and test, as evaluation uses it, and now for
+    full histories (recommendations for a visit today). Empty when the data has no times.
+    """
+    if split == "full":
+        seqs = dataset.sequences
+        if seqs.times is None:
+            return {}
+        now, offsets = time.time(), seqs.offsets
+        return {u: (seqs.times[offsets[u] : offsets[u + 1]], now) for u in range(len(seqs))}
+    eval_set = dataset.split.valid if split == "valid" else dataset.split.test
+    times, offsets = eval_set.histories.times, eval_set.histories.offsets
+    if times is None or eval_set.target_times is None:
+        return {}
+    return {
+        int(u): (times[offsets[i] : offsets[i + 1]], float(eval_set.target_times[i]))
+        for i, u in enumerate(eval_set.users)
+    }
+
+
+def _known_times(
+    predictor: Any, raw_items: list[str], timing: tuple[Any, float] | None
+) -> tuple[Any, float | None]:
+    """The times of the history items the model knows (those ``encode`` keeps), and the
+    request time; (None, None) without timing."""
+    if timing is None:
+        return None, None
+    times, now = timing
+    return times[predictor.known_positions(raw_items)], now
+
+
 def _export_all(
     predictor: Any,
     dataset: Any,
     histories: dict[int, Any],
+    timing: dict[int, tuple[Any, float]],
     k: int,
     output: Path,
     banned: dict[str, Any],
@@ -600,11 +637,14 @@ def _export_all(
     same_vocab = dataset.vocab.item_ids == predictor.vocab.item_ids
     user_ids = dataset.vocab.user_ids
 
-    def pairs() -> Iterator[tuple[str, Any]]:
+    def pairs() -> Iterator[tuple[str, Any, Any, float | None]]:
         for u, history in histories.items():
+            times, now = timing.get(u, (None, None))
             if not same_vocab:
-                history = predictor.encode(dataset.vocab.decode_items(history.tolist()))[0]
-            yield user_ids[u], history
+                raw_items = dataset.vocab.decode_items(history.tolist())
+                history = predictor.encode(raw_items)[0]
+                times, now = _known_times(predictor, raw_items, timing.get(u))
+            yield user_ids[u], history, times, now
 
     return export_recommendations(
         predictor,

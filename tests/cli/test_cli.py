@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from moerec.cli import app
 from moerec.data.synthetic import generate_interactions, write_csv
+from tests.helpers import alternating_rails, save_trained
 
 runner = CliRunner()
 TINY = [
@@ -307,3 +308,25 @@ def test_serve_runs_as_a_process_and_answers_over_http(model_dir, data_file, tmp
     assert any(e["route"] == "/v1/users/{user_id}/recommendations" and e["status"] == 200
                for e in access)  # fmt: skip
     assert all(e.get("request_id") for e in access)
+
+
+def test_recommend_gives_a_time_context_model_the_times(rails_timed, rails, tmp_path):
+    data = tmp_path / "rails.csv"
+    write_csv(alternating_rails(), data)
+    model = save_trained(tmp_path / "models", rails_timed, rails)
+    test = rails.split.test
+    targets = {
+        rails.vocab.user_ids[int(u)]: rails.vocab.decode_items([int(t)])[0]
+        for u, t in zip(test.users, test.targets, strict=True)
+    }
+    output = tmp_path / "recs.csv"
+    common = ["recommend", "--model", str(model), "--data", str(data), "--split", "test", "-k", "1"]
+    result = runner.invoke(app, [*common, "--all-users", "--output", str(output), "-q"])
+    assert result.exit_code == 0, result.output
+    top = {row["user"]: row["item"] for row in csv.DictReader(output.open())}
+    # Each test target's rail is told by its time alone: without the times, a coin toss.
+    assert sum(top[user] == item for user, item in targets.items()) / len(targets) > 0.95
+    user = next(iter(targets))
+    result = runner.invoke(app, [*common, "--user", user, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)[0]["items"] == [targets[user]]

@@ -130,9 +130,12 @@ def _open(fmt: str, path: Path) -> _Writer:
     return _ParquetWriter(path)
 
 
-def _batches(
-    pairs: Iterable[tuple[str, np.ndarray]], size: int
-) -> Iterator[list[tuple[str, np.ndarray]]]:
+# (raw user id, encoded history, each history item's Unix time or None, the request's time or
+# None): the times only matter to a model with time context.
+HistoryRow = tuple[str, np.ndarray, np.ndarray | None, float | None]
+
+
+def _batches(pairs: Iterable[HistoryRow], size: int) -> Iterator[list[HistoryRow]]:
     iterator = iter(pairs)
     while batch := list(islice(iterator, size)):
         yield batch
@@ -140,7 +143,7 @@ def _batches(
 
 def export_recommendations(
     predictor: Predictor,
-    histories: Iterable[tuple[str, np.ndarray]],
+    histories: Iterable[HistoryRow],
     output: Path,
     k: int = 10,
     batch_size: int = BATCH_USERS,
@@ -148,12 +151,13 @@ def export_recommendations(
     progress: bool = True,
     exclusions: Mapping[str, np.ndarray] | None = None,
 ) -> ExportReport:
-    """Write the top-``k`` of every ``(raw user id, encoded history)`` to ``output``.
+    """Write the top-``k`` of every ``(raw user id, encoded history, times, request time)`` to
+    ``output``.
 
     Histories are in the predictor's item encoding, oldest first; an empty one (no item the
-    model knows) is skipped and counted. ``total`` (the number of users, if known) sizes the
-    progress bar. ``exclusions`` maps a user to encoded items never to recommend them (their
-    dismissals), as the service leaves them out.
+    model knows) is skipped and counted. The times (see ``Query``) may be None. ``total`` (the
+    number of users, if known) sizes the progress bar. ``exclusions`` maps a user to encoded
+    items never to recommend them (their dismissals), as the service leaves them out.
     """
     banned = exclusions or {}
     fmt = export_format(output)
@@ -166,13 +170,14 @@ def export_recommendations(
             total=total, unit="user", desc="recommend", disable=not progress, leave=False
         ) as bar:
             for batch in _batches(histories, batch_size):
-                usable = [(user, history) for user, history in batch if len(history)]
+                usable = [row for row in batch if len(row[1])]
                 recs = predictor.run(
-                    [Query(history, k=k, exclude=banned.get(user)) for user, history in usable]
+                    [
+                        Query(history, k=k, exclude=banned.get(user), times=times, now=now)
+                        for user, history, times, now in usable
+                    ]
                 )
-                rows += writer.write(
-                    [(user, rec) for (user, _), rec in zip(usable, recs, strict=True)]
-                )
+                rows += writer.write([(row[0], rec) for row, rec in zip(usable, recs, strict=True)])
                 users += len(usable)
                 skipped += len(batch) - len(usable)
                 bar.update(len(batch))
