@@ -8,6 +8,7 @@ FLOPs per request. Writes benchmarks/results/quality-<dataset>.json and docs/ben
     python benchmarks/quality.py --data-root PATH/TO/data            # Beauty + ML-100K, long
     python benchmarks/quality.py --data-root PATH --datasets beauty --variants moe
     python benchmarks/quality.py --data-root PATH --datasets beauty --item-features
+    python benchmarks/quality.py --data-root PATH --datasets ml-100k --time-context
     python benchmarks/quality.py --data-root PATH --datasets beauty --top-p 0.3,0.5,0.7,0.9
     python benchmarks/quality.py --data-root PATH --datasets beauty --variants moe --seeds 42,43,44
     python benchmarks/quality.py --tiny --output-dir results-tiny     # seconds; what CI runs
@@ -59,6 +60,7 @@ DATASETS: dict[str, dict[str, str]] = {
         "file": "ml-100k/u.data",
         "config": "configs/quality-ml-100k.yaml",
         "features": "ml-100k/u.item",
+        "timed": "yes",  # the file has timestamps (the S3-Rec sequence files do not)
     },
 }
 # Best published full-ranking figures on the same files, for context (not our measurements).
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset, config = prepare(name, args)
         suffix = (
             ("-features" if args.item_features else "")
+            + ("-time" if args.time_context else "")
             + ("-topp" if args.top_p else "")
             + ("-seeds" if args.seeds else "")
         )
@@ -115,6 +118,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="Train every variant with the data set's item attributes (Beauty's "
         "item2attributes file, MovieLens genres); writes quality-<dataset>-features.json.",
+    )
+    p.add_argument(
+        "--time-context",
+        action="store_true",
+        help="Train every variant with model.time_context (data sets with timestamps: "
+        "ml-100k); writes quality-<dataset>-time.json.",
     )
     p.add_argument(
         "--top-p",
@@ -148,6 +157,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(
                 f"--item-features: no attribute file is known for {', '.join(lacking) or 'tiny'}"
                 f" (known: {', '.join(n for n, d in DATASETS.items() if 'features' in d)})"
+            )
+    if args.time_context and not args.tiny:
+        lacking = [n for n in args.datasets.split(",") if "timed" not in DATASETS.get(n, {})]
+        if lacking:
+            p.error(
+                f"--time-context: {', '.join(lacking)} has no timestamps (with times: "
+                f"{', '.join(n for n, d in DATASETS.items() if 'timed' in d)})"
             )
     return args
 
@@ -208,6 +224,8 @@ def prepare(name: str, args: argparse.Namespace) -> tuple[Dataset, ExperimentCon
         overrides["train.epochs"] = args.epochs
     if args.seed is not None:
         overrides["train.seed"] = args.seed
+    if args.time_context:  # every variant, dense ones included
+        overrides["model.time_context"] = True
     if name == "tiny":
         overrides.update({"train.epochs": 2, "model.max_len": 20, "train.batch_size": 64})
         config = load_config(REPO / "configs" / "quality-beauty.yaml", overrides)
@@ -415,6 +433,7 @@ def _dataset_section(report: dict[str, Any]) -> list[str]:
     lines = [
         f"## {report['dataset']} (`{report['source']}`)"
         + (" with item attributes" if features else "")
+        + (" with time context" if cfg.get("time_context") else "")
         + _sweep_title(report["rows"]),
         "",
         f"{s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions; "

@@ -14,11 +14,14 @@ def is_sweep(report: Report) -> bool:
 
 
 def feature_mode(report: Report) -> str:
-    return str(report["config"]["model"].get("item_feature_mode", "none"))
+    """What the model reads besides items: reports that differ here are not compared."""
+    model = report["config"]["model"]
+    mode = str(model.get("item_feature_mode", "none"))
+    return f"{mode}+time" if model.get("time_context") else mode
 
 
 def variants_run(reports: list[Report], like: Report) -> Report | None:
-    """The variants comparison of ``like``'s data set, with the same item features."""
+    """The variants comparison of ``like``'s data set, with the same features and time."""
     return next(
         (
             r
