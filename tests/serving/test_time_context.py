@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from moerec.data.time_context import gap_ids, hour_ids
-from moerec.serving.service import time_key
+from moerec.data.time_context import gap_ids
+from moerec.serving.service import Subject, time_key
 from tests.serving.conftest import BACKENDS, LiveService, live_service
 
 
@@ -56,11 +56,15 @@ def test_anonymous_histories_are_answered_without_history_times(timed_service):
     assert len(r.json()["items"]) == 3
 
 
-def test_the_cache_key_holds_the_requests_gap_and_hour():
-    last = 1_700_006_400.0  # 00:00 UTC
-    assert time_key({"times": np.asarray([last - 60, last]), "now": last + 90}) == [
-        int(gap_ids(np.asarray([90]))[0]),
-        int(hour_ids(np.asarray([int(last)]))[0]),
-    ]
-    assert time_key({"now": last}) == [0, 1]  # an anonymous history: no gap
-    assert time_key({}) is None  # a model without time context
+def test_the_cache_key_holds_the_requests_gap_and_hour(timed_service):
+    predictor = timed_service.services.models.current.predictor
+    last = 1_700_006_400.0  # 2023-11-15 00:00 UTC
+    stored = Subject("u", ["1", "2", "unknown"], frozenset(), "3", occurred_at=[
+        "2023-11-14 23:58:00.000000", datetime.fromtimestamp(last, UTC),
+        "2023-11-15 00:01:00.000000",
+    ])  # fmt: skip
+    # The gap runs from the last item the model knows (90 s, not 30 s from the unknown one);
+    # stored times come as SQLite text or as datetimes.
+    assert time_key(predictor, stored, last + 90) == [int(gap_ids(np.asarray([90]))[0]), 1]
+    anonymous = Subject(None, ["1", "2"], frozenset(), "digest")
+    assert time_key(predictor, anonymous, last + 7200) == [0, 3]  # no gap; 02:00 UTC

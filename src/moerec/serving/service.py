@@ -135,14 +135,24 @@ def time_fields(predictor: Predictor, subject: Subject, now: float) -> dict[str,
     return {"times": times, "now": now}
 
 
-def time_key(fields: dict[str, Any]) -> list[int] | None:
-    """The request's (gap id, hour id) for the cache key: an answer depends on them."""
-    if "now" not in fields:
+def time_key(predictor: Predictor, subject: Subject, now: float) -> list[int] | None:
+    """The request's (gap id, hour id), for the cache key of a model that reads time (its
+    answer depends on them); None for one that does not. Reads one stored time, not all of
+    them: a cache hit needs no more."""
+    if not predictor.time_context:
         return None
-    times = fields.get("times")
-    last = float(times[-1]) if times is not None and len(times) else None
-    gap = 0 if last is None else int(gap_ids(np.asarray([fields["now"] - last]))[0])
-    return [gap, int(hour_ids(np.asarray([fields["now"]]))[0])]
+    last = None
+    if subject.occurred_at is not None:
+        known = (
+            i
+            for i in range(len(subject.items) - 1, -1, -1)
+            if predictor.vocab.item_index(subject.items[i]) is not None
+        )
+        position = next(known, None)
+        if position is not None:
+            last = unix_seconds(subject.occurred_at[position])
+    gap = 0 if last is None else int(gap_ids(np.asarray([now - last]))[0])
+    return [gap, int(hour_ids(np.asarray([now]))[0])]
 
 
 def check_limit(name: str, size: int, limit: int) -> None:
@@ -208,15 +218,15 @@ async def _recommend(
     exclude_history: bool,
 ) -> dict[str, Any]:
     subject = await load_subject(services, model, user_id, history)
-    timing = time_fields(model.predictor, subject, time.time())
+    now = time.time()
     params: dict[str, Any] = {
         "k": k,
         "candidates": candidates,
         "exclude": exclude,
         "exclude_history": exclude_history,
     }
-    if timing:
-        params["time"] = time_key(timing)
+    if model.predictor.time_context:
+        params["time"] = time_key(model.predictor, subject, now)
     key = cache_key(cache_namespace(arm), model.version, user_id, subject.version, params)
     hit = await services.cache.get(key)
     if hit is not None:
@@ -241,7 +251,7 @@ async def _recommend(
             exclude_history=exclude_history,
             exclude=predictor.encode(sorted(banned))[0] if banned else None,
             candidates=predictor.encode(candidates)[0] if candidates is not None else None,
-            **timing,
+            **time_fields(predictor, subject, now),
         )
         try:
             rec = await services.guard.call(breaker_name(arm), lambda: model.batcher.submit(query))
