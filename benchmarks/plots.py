@@ -388,51 +388,58 @@ def quality_ndcg(results: Results) -> tuple[Figure, Plot] | None:
 
 
 def expert_load(results: Results) -> tuple[Figure, Plot] | None:
-    panels: list[tuple[str, int, dict[str, Any]]] = []
+    """One panel per data set (three to a row, so the figure stays small as data sets are
+    added), each MoE layer's load as its own bars."""
+    by_dataset: dict[str, list[dict[str, Any]]] = {}
     for report in results["quality"]:
         if is_sweep(report):
             continue
         for row in report["rows"]:
             if row["variant"] != "moe":
                 continue
-            layers = (row.get("routing") or {}).get("layers", [])
-            for number, layer in enumerate(layers, 1):
-                if layer.get("load"):
-                    panels.append((report["dataset"], number, layer))
-    if not panels:
+            layers = [x for x in (row.get("routing") or {}).get("layers", []) if x.get("load")]
+            if layers and report["dataset"] not in by_dataset:
+                by_dataset[report["dataset"]] = layers
+    if not by_dataset:
         return None
-    datasets = list(dict.fromkeys(name for name, _, _ in panels))
-    cols = max(number for _, number, _ in panels)
-    figure, axes = _figure(1.0 + 2.2 * len(datasets), len(datasets), cols, sharey=True)
-    for ax_row in axes:
-        for ax in ax_row:
-            ax.set_visible(False)
-    for name, number, layer in panels:
-        ax = axes[datasets.index(name)][number - 1]
-        ax.set_visible(True)
-        load = layer["load"]
-        experts = range(len(load))
-        ax.bar(experts, load, color=COLORS["moe"])
-        ax.axhline(1 / len(load), color="tab:red", linestyle="--", linewidth=1, label="uniform")
+    cols = min(3, len(by_dataset))
+    rows = -(-len(by_dataset) // cols)
+    figure, axes = _figure(0.6 + 2.4 * rows, rows, cols, sharey=True)
+    for ax in axes.flat[len(by_dataset) :]:
+        ax.set_visible(False)
+    shades = ["tab:blue", "tab:cyan", "tab:olive", "tab:brown"]
+    for index, (name, layers) in enumerate(by_dataset.items()):
+        ax = axes.flat[index]
+        width = 0.8 / len(layers)
+        for number, layer in enumerate(layers, 1):
+            load = layer["load"]
+            offset = (number - 1 - (len(layers) - 1) / 2) * width
+            ax.bar(
+                [e + offset for e in range(len(load))],
+                load,
+                width=width,
+                color=shades[(number - 1) % len(shades)],
+                label=f"layer {number}",
+            )
+        experts = range(len(layers[0]["load"]))
+        ax.axhline(1 / len(experts), color="tab:red", linestyle="--", linewidth=1, label="uniform")
         ax.set_xticks(experts, [str(e) for e in experts])
         ax.xaxis.grid(False)
-        stats = []
-        if layer.get("imbalance") is not None:
-            stats.append(f"max/mean {layer['imbalance']:.2f}")
-        if layer.get("entropy") is not None and layer.get("max_entropy"):
-            stats.append(f"router entropy {layer['entropy'] / layer['max_entropy']:.0%} of max")
-        ax.set_title("\n".join([f"{name}, layer {number}", ", ".join(stats)]).strip())
-        if number == 1:
+        imbalance = [x["imbalance"] for x in layers if x.get("imbalance") is not None]
+        detail = f"max/mean {max(imbalance):.2f}" if imbalance else ""
+        ax.set_title(f"{name}\n{detail}".strip())
+        if index % cols == 0:
             ax.set_ylabel("share of routed slots")
-        if datasets.index(name) == len(datasets) - 1:
+        if index >= len(by_dataset) - cols:
             ax.set_xlabel("expert")
-    axes[0][0].legend(loc="upper right")
+    axes.flat[0].legend(loc="upper right", fontsize="small")
     return figure, Plot(
         "expert-load.png",
         "quality-*.json",
         "Share of routed slots per expert in each MoE layer, per data set",
         "Share of the routed token slots each expert received on the test set, per MoE layer "
-        "(the `routing` of the moe rows), against a uniform load.",
+        "(the `routing` of the moe rows, one bar colour per layer), against a uniform load; the "
+        "title gives the worst layer's max/mean load.",
     )
 
 
