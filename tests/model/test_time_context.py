@@ -73,6 +73,13 @@ def test_time_context_needs_data_with_times(rails):
         train(untimed, rails_config(True), progress=False)
 
 
+def test_time_context_refuses_millisecond_timestamps(rails):
+    sequences = rails.sequences
+    in_ms = Sequences(sequences.offsets, sequences.items, sequences.times * 1000)
+    with pytest.raises(TrainingError, match="milliseconds"):
+        train(dataclasses.replace(rails, sequences=in_ms), rails_config(True), progress=False)
+
+
 def test_files_without_times_give_sequences_without_times():
     timed = alternating_rails(num_users=5)
     ordered = dataclasses.replace(timed, timestamps=np.arange(len(timed), dtype=np.int64))

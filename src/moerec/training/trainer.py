@@ -223,11 +223,8 @@ def fit_config_to_data(config: ExperimentConfig, dataset: Dataset) -> Experiment
     """``config`` with the sizes the data decides: the catalogue and, when the model uses item
     features, the attribute vocabulary and the widest item's attribute count."""
     config = config.with_num_items(dataset.num_items)
-    if config.model.time_context and dataset.sequences.times is None:
-        raise TrainingError(
-            f"model.time_context is on but {dataset.source} has no timestamps (its rows are "
-            "in order only); use a file with a time column, or set model.time_context: false"
-        )
+    if config.model.time_context:
+        _check_times(dataset)
     features = dataset.item_features
     if config.model.item_feature_mode == "none":
         if features is not None:
@@ -250,6 +247,26 @@ def fit_config_to_data(config: ExperimentConfig, dataset: Dataset) -> Experiment
         }
     )
     return config.model_copy(update={"model": model})
+
+
+# Epoch seconds past this are the year 5138: such "seconds" are milliseconds (or finer).
+LATEST_PLAUSIBLE_SECONDS = 10**11
+
+
+def _check_times(dataset: Dataset) -> None:
+    """Time context reads gaps and hours from epoch seconds: refuse data that has none."""
+    times = dataset.sequences.times
+    if times is None:
+        raise TrainingError(
+            f"model.time_context is on but {dataset.source} has no timestamps (its rows are "
+            "in order only); use a file with a time column, or set model.time_context: false"
+        )
+    if len(times) and int(times.max()) > LATEST_PLAUSIBLE_SECONDS:
+        raise TrainingError(
+            f"{dataset.source}: timestamps reach {int(times.max())}, which is not epoch "
+            "seconds (milliseconds?); time context reads gaps and hours from seconds, so "
+            "divide the timestamp column by 1000 (or give ISO 8601 dates)"
+        )
 
 
 def build_model(config: ExperimentConfig, dataset: Dataset) -> SequentialRecommender:
