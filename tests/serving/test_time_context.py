@@ -21,13 +21,15 @@ def timed_service(request, tmp_path_factory, rails_timed, rails) -> Iterator[Liv
 
 
 def _post_history(service: LiveService, user: str, last: datetime) -> None:
-    """Items 1, 2, 3 (positions 0-2 of the first rail), 20 s apart, the last at ``last``."""
+    """Items 1, 2, 3 (positions 0-2 of the first rail), 20 s apart, the last at ``last``, and
+    a dismissal between them, which is no part of the history or of its times."""
+    events = [("1", "view", 40), ("2", "view", 20), ("33", "dismiss", 10), ("3", "view", 0)]
     with service.client(user) as http:
-        for step, item in enumerate(["1", "2", "3"]):
-            at = last - timedelta(seconds=20 * (2 - step))
+        for item, kind, before in events:
+            at = last - timedelta(seconds=before)
             r = http.post(
                 "/v1/events",
-                json={"user_id": user, "item_id": item, "event_type": "view",
+                json={"user_id": user, "item_id": item, "event_type": kind,
                       "timestamp": at.isoformat(), "idempotency_key": uuid.uuid4().hex},
             )  # fmt: skip
             assert r.status_code == 201, r.text

@@ -84,4 +84,7 @@ def build_sequences(interactions: Interactions, vocab: Vocabulary) -> Sequences:
 
 def has_real_times(timestamps: np.ndarray) -> bool:
     """False for the row positions that readers give files without a time column."""
-    return not np.array_equal(timestamps, np.arange(len(timestamps), dtype=timestamps.dtype))
+    n = len(timestamps)
+    if n and (timestamps[0] != 0 or timestamps[-1] != n - 1):  # the usual answer, at no cost
+        return True
+    return not np.array_equal(timestamps, np.arange(n, dtype=timestamps.dtype))

@@ -103,18 +103,20 @@ async def load_subject(
         services.metrics.degraded.labels(DATABASE).inc()
         stored = services.histories.get(user_id) or UserHistory(user_id, [], [], 0, False)
     items: list[str] = []
-    kept: list[int] = []
     dismissed: set[str] = set()
-    for position, (item, kind) in enumerate(zip(stored.items, stored.event_types, strict=True)):
+    for item, kind in zip(stored.items, stored.event_types, strict=True):
         if kind in NEGATIVE_EVENT_TYPES:  # "not this": out of the history, never shown again
             dismissed.add(item)
         else:
             items.append(item)
-            kept.append(position)
     version = f"{stored.version}m" if degraded else str(stored.version)
     occurred = None
-    if timed and len(stored.occurred_at) == len(stored.items):
-        occurred = [stored.occurred_at[i] for i in kept]
+    if timed and len(stored.occurred_at) == len(stored.items):  # not from memory (outage)
+        occurred = [
+            at
+            for at, kind in zip(stored.occurred_at, stored.event_types, strict=True)
+            if kind not in NEGATIVE_EVENT_TYPES
+        ]
     return Subject(user_id, items, frozenset(dismissed), version, degraded, occurred)
 
 
