@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from moerec.serving.background import stop_task
-from moerec.serving.breaker import BreakerBoard, CircuitOpenError
+from moerec.serving.breaker import BreakerBoard, CircuitOpenError, State
 from moerec.serving.ratelimit import Decision, Limit, LocalRateLimiter, RateLimiter
 from moerec.storage import (
     IdempotencyConflict,
@@ -58,6 +58,10 @@ class Guard:
     def __init__(self, breakers: BreakerBoard, timeouts: dict[str, float]) -> None:
         self.breakers = breakers
         self.timeouts = timeouts
+
+    def healthy(self, dependency: str) -> bool:
+        """Whether the dependency's breaker is closed (calls pass; no outage is known)."""
+        return self.breakers.get(dependency).state is State.CLOSED
 
     async def call(self, dependency: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:

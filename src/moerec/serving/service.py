@@ -8,6 +8,7 @@ once, and two arms never share an entry.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -45,6 +46,9 @@ log = logging.getLogger("moerec.serving")
 
 # Seen-item exclusion looks this many times further back than the model reads.
 HISTORY_WINDOW_FACTOR = 4
+# An event that finds at most this many events spooled while the database is healthy stores
+# them first and then itself, instead of joining them (see record_event).
+INLINE_DRAIN_MAX = 50
 
 
 @dataclass
@@ -415,6 +419,12 @@ async def record_event(services: Services, event: NewEvent) -> StoredEvent | Spo
     """Store the event; while the database is down (or events wait in the spool, whose order
     must be kept) append it to the durable spool instead. Either way it is never lost."""
     stored: StoredEvent | SpooledEvent
+    if 0 < services.replayer.pending <= INLINE_DRAIN_MAX and services.guard.healthy(DATABASE):
+        # The last few spooled events go in before this one. Left to the replayer alone, a
+        # steady stream of events can keep a small backlog alive for good (each pass drains
+        # what it found while new ones queue behind it), and with it the degraded mode.
+        with contextlib.suppress(Exception):  # still spooled: the event is spooled behind it
+            await services.replayer.replay_once()
     if services.replayer.pending == 0:
         try:
             stored = await services.guard.call(DATABASE, lambda: services.storage.add_event(event))
