@@ -371,7 +371,7 @@ def quality_ndcg(results: Results) -> tuple[Figure, Plot] | None:
         if xs:
             bars = ax.bar(xs, ys, width, label=variant, color=COLORS[variant])
             ax.bar_label(bars, fmt="%.4f", fontsize=7, padding=2)
-    ax.set_xticks(range(len(reports)), [f"{r['dataset']} ({r['source']})" for r in reports])
+    ax.set_xticks(range(len(reports)), [r["dataset"] for r in reports])
     ax.xaxis.grid(False)
     ax.set_ylabel("test NDCG@10 (full ranking)")
     ax.margins(y=0.15)
