@@ -11,12 +11,15 @@ FLOPs per request. Writes benchmarks/results/quality-<dataset>.json and docs/ben
     python benchmarks/quality.py --data-root PATH --datasets ml-100k --time-context
     python benchmarks/quality.py --data-root PATH --datasets beauty --top-p 0.3,0.5,0.7,0.9
     python benchmarks/quality.py --data-root PATH --datasets beauty --variants moe --seeds 42,43,44
+    python benchmarks/quality.py --data-root PATH --datasets beauty --variants moe \
+        --try model.num_heads=1 --try train.label_smoothing=0.1       # a validation search
     python benchmarks/quality.py --tiny --output-dir results-tiny     # seconds; what CI runs
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -26,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from pydantic import ValidationError
 
 import docs_section
 from moerec.config import (
@@ -41,7 +46,7 @@ from moerec.evaluation import evaluate_popularity
 from moerec.evaluation.cost import measure_cost
 from moerec.runtime import active_allocator, reexec_with_jemalloc
 from moerec.training import train
-from quality_reports import seed_runs
+from quality_reports import seed_runs, variants_run
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS: dict[str, dict[str, str]] = {
@@ -92,9 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             + ("-time" if args.time_context else "")
             + ("-topp" if args.top_p else "")
             + ("-seeds" if args.seeds else "")
+            + ("-search" if args.tries else "")
         )
         path = args.output_dir / f"quality-{name}{suffix}.json"
-        run_dataset(name, dataset, config, jobs(config, args), path)
+        if args.append:
+            check_appendable(path, dataset, config)
+        run_dataset(name, dataset, config, jobs(config, args), path, append=args.append)
     if args.docs is not None:
         write_docs(args.docs, args.output_dir)
         print(f"wrote {args.docs}", file=sys.stderr)
@@ -138,13 +146,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="Train the --variants once per listed seed: the run-to-run spread. Writes "
         "quality-<dataset>-seeds.json.",
     )
+    p.add_argument(
+        "--try",
+        dest="tries",
+        action="append",
+        type=_overrides,
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="Instead of the plain variants, train the --variants once per --try with these "
+        "config changes (repeatable): a hyper-parameter search, judged on validation NDCG@10. "
+        "Writes quality-<dataset>-search.json; with --append, earlier tries are kept.",
+    )
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="Keep the rows of the existing results file and add (or replace) the ones trained "
+        "now, e.g. a variant a long run did not reach; several runs may append to one file at "
+        "once. Refused when the data or the config differ from the file's.",
+    )
     p.add_argument("--tiny", action="store_true", help="Synthetic data, 2 epochs: a smoke run.")
     p.add_argument(
         "--render-only", action="store_true", help="Only rewrite --docs from existing results."
     )
     args = p.parse_args(argv)
-    if args.seeds and args.top_p:
-        p.error("--seeds and --top-p are separate sweeps; run them one at a time")
+    if sum(bool(sweep) for sweep in (args.seeds, args.top_p, args.tries)) > 1:
+        p.error("--seeds, --top-p and --try are separate sweeps; run them one at a time")
     if args.seeds and args.seed is not None:
         p.error("--seeds sets the seed of each run; leave out --seed")
     if args.render_only and args.docs is None:
@@ -180,6 +205,23 @@ def _probabilities(text: str) -> list[float]:
     return values
 
 
+def _overrides(text: str) -> dict[str, Any]:
+    """``model.num_heads=1,train.label_smoothing=0.1`` as config overrides (values read as YAML)."""
+    overrides: dict[str, Any] = {}
+    for pair in text.split(","):
+        key, sep, value = pair.partition("=")
+        section = key.strip().partition(".")[0]
+        if not sep or section not in ("data", "model", "train", "eval") or "." not in key:
+            raise argparse.ArgumentTypeError(
+                f"expected section.key=value pairs like model.num_heads=1; got {pair!r}"
+            )
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise argparse.ArgumentTypeError(f"{pair!r}: the value is not valid YAML") from None
+    return overrides
+
+
 def _integers(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",")]
@@ -195,6 +237,15 @@ def jobs(config: ExperimentConfig, args: argparse.Namespace) -> list[tuple[dict,
             for seed in args.seeds
             for variant in args.variants.split(",")
         ]
+    if args.tries:
+        return [
+            (
+                {"variant": variant, "overrides": changes},
+                resolve_variant(with_changes(config, changes), variant),
+            )  # type: ignore[arg-type]
+            for changes in args.tries
+            for variant in args.variants.split(",")
+        ]
     if args.top_p:
         return [
             (
@@ -207,6 +258,21 @@ def jobs(config: ExperimentConfig, args: argparse.Namespace) -> list[tuple[dict,
         ({"variant": variant}, resolve_variant(config, variant))  # type: ignore[arg-type]
         for variant in args.variants.split(",")
     ]
+
+
+def with_changes(config: ExperimentConfig, changes: dict[str, Any]) -> ExperimentConfig:
+    """``config`` with dotted overrides applied, validated like a config file."""
+    raw = config.to_dict()
+    for dotted, value in changes.items():
+        section, _, key = dotted.partition(".")
+        raw.setdefault(section, {})[key] = value
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()
+        )
+        raise SystemExit(f"--try {changes}: {problems}") from None
 
 
 def _with_seed(config: ExperimentConfig, seed: int) -> ExperimentConfig:
@@ -239,14 +305,44 @@ def prepare(name: str, args: argparse.Namespace) -> tuple[Dataset, ExperimentCon
     return load_dataset(args.data_root / spec["file"], config.data), config
 
 
+def check_appendable(path: Path, dataset: Dataset, config: ExperimentConfig) -> None:
+    """Refuse ``--append`` to a results file whose rows are not comparable with this run's."""
+    if not path.is_file():
+        return  # the first run of a search creates it
+    report = json.loads(path.read_text(encoding="utf-8"))
+    if report.get("data_fingerprint") != dataset.fingerprint:
+        raise SystemExit(
+            f"--append: {path} was measured on other data (fingerprint "
+            f"{report.get('data_fingerprint')} against {dataset.fingerprint}); rerun without "
+            "--append"
+        )
+    if report.get("config") != config.to_dict():
+        changed = sorted(
+            f"{section}.{key}"
+            for section, values in config.to_dict().items()
+            for key, value in values.items()
+            if report.get("config", {}).get(section, {}).get(key) != value
+        )
+        raise SystemExit(
+            f"--append: {path} was measured with another config (differs in: "
+            f"{', '.join(changed) or 'its sections'}); pass the same --epochs/--seed as its "
+            f"command ({report.get('command')}) or rerun without --append"
+        )
+
+
 def run_dataset(
     name: str,
     dataset: Dataset,
     config: ExperimentConfig,
     to_train: list[tuple[dict, ExperimentConfig]],
     path: Path,
+    append: bool = False,
 ) -> dict[str, Any]:
-    """Train every job; the report is rewritten after each, so a long run keeps its rows."""
+    """Train every job; the report is rewritten after each, so a long run keeps its rows.
+
+    With ``append``, each new row (which records the command that made it) is merged into the
+    file as it is on disk at that moment, replacing a row with the same label.
+    """
     rows = [popularity_row(dataset, config)]
     report = _report(name, dataset, config, rows)
     for labels, cfg in to_train:
@@ -267,15 +363,44 @@ def run_dataset(
                 "wall_seconds": round(time.perf_counter() - started, 1),
                 "cost": cost.to_dict(),
                 "routing": result.test.routing.to_dict(),
+                **(
+                    {"command": command_line(), "measured_at": time.strftime("%Y-%m-%d")}
+                    if append
+                    else {}
+                ),
             }
         )
-        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        if append:
+            merge_rows(path, report)
+        else:
+            path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {path} ({label})", file=sys.stderr)
     return report
 
 
+def merge_rows(path: Path, report: dict[str, Any]) -> None:
+    """Merge ``report``'s rows into the results file at ``path`` (``report`` itself when there
+    is none yet), each replacing a row with the same label, under a lock so that runs
+    appending side by side keep each other's rows. The variants stay in their usual order."""
+    order = ["popularity", *VARIANTS]
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else report
+        rows = list(merged["rows"])
+        for row in report["rows"]:
+            rows = [r for r in rows if row_label(r) != row_label(row)] + [row]
+        rows.sort(key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order))
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps({**merged, "rows": rows}, indent=2) + "\n", "utf-8")
+        temporary.replace(path)
+
+
 def row_label(row: dict[str, Any]) -> str:
-    """'moe', 'dense-active', …; 'moe top-p 0.5' or 'moe seed 43' in a sweep."""
+    """'moe', 'dense-active', …; 'moe top-p 0.5', 'moe seed 43' or 'moe model.num_heads=1' in a
+    sweep."""
+    if "overrides" in row:
+        changes = ", ".join(f"{key}={value}" for key, value in row["overrides"].items())
+        return f"{row['variant']} {changes}"
     if "top_p" in row:
         return f"moe top-p {row['top_p']:g}"
     if "seed" not in row:
@@ -386,6 +511,9 @@ def render_markdown(results_dir: Path) -> str:
     ]
     reports = [report for report in reports if report["dataset"] != "tiny"]
     for report in reports:
+        if any("overrides" in row for row in report["rows"]):
+            lines += _search_section(report, variants_run(reports, report))
+            continue
         if any("seed" in row for row in report["rows"]):
             report = _with_variants_run(report, reports)
         lines += _dataset_section(report)
@@ -497,6 +625,54 @@ def _comparison(rows: list[dict[str, Any]], max_epochs: int) -> list[str]:
             f"{', '.join(capped)}."
         )
     return notes
+
+
+def _search_section(report: dict[str, Any], plain: dict[str, Any] | None) -> list[str]:
+    """A hyper-parameter search: each try against the frozen config's own run (from the
+    variants comparison, when it has the same settings), judged on validation NDCG@10."""
+    rows = [row for row in report["rows"] if "overrides" in row]
+    if plain is not None and plain["config"] == report["config"]:
+        variants = dict.fromkeys(row["variant"] for row in rows)
+        rows = [
+            {**row, "overrides": {}}
+            for row in plain["rows"]
+            if row["variant"] in variants and "cost" in row
+        ] + rows
+    lines = [
+        f"## {report['dataset']} (`{report['source']}`): hyper-parameter search",
+        "",
+        "Each row changes the frozen config as shown (no change: this data set's variants "
+        "comparison, same seed and epoch cap). Judge on validation NDCG@10; the test columns "
+        f"are shown, not used to choose. Measured {report['measured_at']} on "
+        f"{report['machine']['cpus']} CPU cores: `{report['command']}`"
+        + "".join(
+            f"; `{command}`"
+            for command in dict.fromkeys(row["command"] for row in rows if "command" in row)
+            if command != report["command"]
+        ),
+        "",
+        "| variant | change | valid NDCG@10 | valid HR@10 | test NDCG@10 | test HR@10 | "
+        "best epoch | s/epoch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        change = ", ".join(f"`{key}={value}`" for key, value in row["overrides"].items())
+        lines.append(
+            f"| {row['variant']} | {change or 'none (frozen config)'} | "
+            f"{row['valid']['ndcg@10']:.4f} | {row['valid']['hr@10']:.4f} | "
+            f"{row['test']['ndcg@10']:.4f} | {row['test']['hr@10']:.4f} | "
+            f"{row['best_epoch']} | {row['seconds_per_epoch']:.1f} |"
+        )
+    notes = []
+    for variant in dict.fromkeys(row["variant"] for row in rows):
+        runs = [row for row in rows if row["variant"] == variant]
+        best = max(runs, key=lambda row: row["valid"]["ndcg@10"])
+        change = ", ".join(f"{key}={value}" for key, value in best["overrides"].items())
+        notes.append(
+            f"- {variant}: the best validation NDCG@10 is "
+            f"{change or 'the frozen config'} ({best['valid']['ndcg@10']:.4f})."
+        )
+    return [*lines, "", *notes, ""]
 
 
 def _with_variants_run(sweep: dict[str, Any], reports: list[dict[str, Any]]) -> dict[str, Any]:

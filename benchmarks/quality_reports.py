@@ -9,8 +9,9 @@ Report = dict[str, Any]
 
 
 def is_sweep(report: Report) -> bool:
-    """A top-p or seed sweep (quality-<name>-topp/-seeds.json), not a variants comparison."""
-    return any("top_p" in row or "seed" in row for row in report["rows"])
+    """A top-p, seed or hyper-parameter sweep (quality-<name>-topp/-seeds/-search.json), not a
+    variants comparison."""
+    return any(key in row for row in report["rows"] for key in ("top_p", "seed", "overrides"))
 
 
 def feature_mode(report: Report) -> str:

@@ -1,0 +1,118 @@
+"""benchmarks/quality.py's results files: appending rows from runs side by side, refusing rows
+that are not comparable, and the hyper-parameter search's table."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "quality.py"
+
+
+@functools.cache
+def quality() -> ModuleType:
+    if str(SCRIPT.parent) not in sys.path:  # as `python benchmarks/quality.py` has it
+        sys.path.insert(0, str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("benchmark_quality", SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def trained_row(variant: str, ndcg: float, **labels: Any) -> dict[str, Any]:
+    metrics = {"ndcg@10": ndcg, "hr@10": 2 * ndcg}
+    return {
+        "variant": variant,
+        **labels,
+        "valid": metrics,
+        "test": metrics,
+        "best_epoch": 3,
+        "seconds_per_epoch": 1.5,
+        "cost": {},
+    }
+
+
+def report(*rows: dict[str, Any], command: str = "python benchmarks/quality.py") -> dict:
+    return {
+        "dataset": "beauty",
+        "source": "Beauty.txt",
+        "config": {"model": {"hidden_size": 64}, "train": {"seed": 42, "epochs": 60}},
+        "command": command,
+        "machine": {"cpus": 2},
+        "measured_at": "2026-12-05",
+        "rows": list(rows),
+    }
+
+
+def test_appended_rows_join_the_file_in_variant_order_and_replace_their_namesakes(tmp_path):
+    q = quality()
+    path = tmp_path / "quality-beauty.json"
+    popularity = {"variant": "popularity", "valid": {}, "test": {}}
+    q.merge_rows(
+        path, report(popularity, trained_row("moe", 0.05), trained_row("dense-active", 0.06))
+    )
+    q.merge_rows(path, report(popularity, trained_row("dense-params", 0.04)))
+    q.merge_rows(path, report(popularity, trained_row("moe", 0.07)))
+
+    rows = json.loads(path.read_text())["rows"]
+    assert [row["variant"] for row in rows] == ["popularity", "moe", "dense-active", "dense-params"]
+    assert rows[1]["test"]["ndcg@10"] == 0.07
+
+
+def test_runs_appending_at_once_keep_every_row(tmp_path):
+    q = quality()
+    path = tmp_path / "quality-beauty-search.json"
+    tries = [{"model.num_heads": heads} for heads in (1, 2, 4, 8)] * 5
+    threads = [
+        threading.Thread(
+            target=q.merge_rows,
+            args=(path, report(trained_row("moe", 0.05, overrides={**o, "n": i}))),
+        )
+        for i, o in enumerate(tries)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(json.loads(path.read_text())["rows"]) == len(tries)
+
+
+def test_the_search_table_sets_each_try_against_the_frozen_config():
+    q = quality()
+    plain = report(trained_row("moe", 0.0568), trained_row("dense-active", 0.0577))
+    search = report(
+        trained_row("moe", 0.0571, overrides={"model.num_heads": 1}),
+        trained_row("moe", 0.0550, overrides={"train.label_smoothing": 0.1}, command="other"),
+    )
+    table = "\n".join(q._search_section(search, plain))
+    assert "| moe | none (frozen config) | 0.0568 |" in table
+    assert "| moe | `model.num_heads=1` | 0.0571 |" in table
+    assert "dense-active" not in table  # only the variants searched
+    assert "the best validation NDCG@10 is model.num_heads=1 (0.0571)" in table
+    assert "`other`" in table  # every command that made a row
+
+
+def test_a_search_try_is_validated_before_anything_trains():
+    q = quality()
+    config = q.load_config(ROOT / "configs" / "quality-beauty.yaml")
+    assert q.with_changes(config, {"model.num_heads": 1}).model.num_heads == 1
+    with pytest.raises(SystemExit, match="divisible by num_heads"):
+        q.with_changes(config, {"model.num_heads": 3})
+    with pytest.raises(SystemExit, match=r"model\.nonsense"):
+        q.with_changes(config, {"model.nonsense": 1})
+    with pytest.raises(SystemExit):
+        q.parse_args(["--tiny", "--try", "heads=1"])
+    with pytest.raises(SystemExit):
+        q.parse_args(["--tiny", "--try", "model.num_heads=1", "--seeds", "1,2"])
