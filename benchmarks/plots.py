@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, LogLocator, NullLocator, ScalarFormatter
 
 import docs_section
-from quality_reports import is_sweep, seed_runs, variants_run
+from quality_reports import feature_mode, is_sweep, seed_runs, variants_run
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -371,7 +371,7 @@ def quality_ndcg(results: Results) -> tuple[Figure, Plot] | None:
         if xs:
             bars = ax.bar(xs, ys, width, label=variant, color=COLORS[variant])
             ax.bar_label(bars, fmt="%.4f", fontsize=7, padding=2)
-    ax.set_xticks(range(len(reports)), [r["dataset"] for r in reports])
+    ax.set_xticks(range(len(reports)), [_dataset_label(r) for r in reports])
     ax.xaxis.grid(False)
     ax.set_ylabel("test NDCG@10 (full ranking)")
     ax.margins(y=0.15)
@@ -387,11 +387,19 @@ def quality_ndcg(results: Results) -> tuple[Figure, Plot] | None:
     )
 
 
+def _dataset_label(report: dict[str, Any]) -> str:
+    """The data set's name, and what the model read besides items when that was more."""
+    features, _, time = feature_mode(report).partition("+")
+    extras = ("+ attributes " if features != "none" else "") + ("+ time" if time else "")
+    return report["dataset"] + ("\n" + extras.strip() if extras else "")
+
+
 def expert_load(results: Results) -> tuple[Figure, Plot] | None:
     """One panel per data set (three to a row, so the figure stays small as data sets are
     added), each MoE layer's load as its own bars."""
     by_dataset: dict[str, list[dict[str, Any]]] = {}
-    for report in results["quality"]:
+    # the items-only run of each data set, when there is one
+    for report in sorted(results["quality"], key=lambda r: feature_mode(r) != "none"):
         if is_sweep(report):
             continue
         for row in report["rows"]:

@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -318,18 +319,29 @@ def check_appendable(path: Path, dataset: Dataset, config: ExperimentConfig) -> 
             f"{report.get('data_fingerprint')} against {dataset.fingerprint}); rerun without "
             "--append"
         )
-    if report.get("config") != config.to_dict():
+    theirs, ours = settings(report.get("config", {})), config.to_dict()
+    if theirs != ours:
         changed = sorted(
             f"{section}.{key}"
-            for section, values in config.to_dict().items()
+            for section, values in ours.items()
+            if isinstance(values, dict)
             for key, value in values.items()
-            if report.get("config", {}).get(section, {}).get(key) != value
+            if theirs.get(section, {}).get(key) != value
         )
         raise SystemExit(
             f"--append: {path} was measured with another config (differs in: "
             f"{', '.join(changed) or 'its sections'}); pass the same --epochs/--seed as its "
             f"command ({report.get('command')}) or rerun without --append"
         )
+
+
+def settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A report's config with the options added since it was written at their defaults, so
+    that an older report compares equal to a new one with the same settings."""
+    try:
+        return ExperimentConfig.model_validate(config).to_dict()
+    except ValidationError:
+        return config
 
 
 def run_dataset(
@@ -633,29 +645,31 @@ def _search_section(report: dict[str, Any], plain: dict[str, Any] | None) -> lis
     """A hyper-parameter search: each try against the frozen config's own run (from the
     variants comparison, when it has the same settings), judged on validation NDCG@10."""
     rows = [row for row in report["rows"] if "overrides" in row]
-    if plain is not None and plain["config"] == report["config"]:
+    if plain is not None and settings(plain["config"]) == settings(report["config"]):
         variants = dict.fromkeys(row["variant"] for row in rows)
         rows = [
             {**row, "overrides": {}}
             for row in plain["rows"]
             if row["variant"] in variants and "cost" in row
         ] + rows
+    commands = [report["command"]] + [
+        command
+        for command in dict.fromkeys(row["command"] for row in rows if "command" in row)
+        if command != report["command"]
+    ]
     lines = [
         f"## {report['dataset']} (`{report['source']}`): hyper-parameter search",
         "",
         "Each row changes the frozen config as shown (no change: this data set's variants "
         "comparison, same seed and epoch cap). Judge on validation NDCG@10; the test columns "
-        f"are shown, not used to choose. Measured {report['measured_at']} on "
-        f"{report['machine']['cpus']} CPU cores: `{report['command']}`"
-        + "".join(
-            f"; `{command}`"
-            for command in dict.fromkeys(row["command"] for row in rows if "command" in row)
-            if command != report["command"]
-        ),
+        "are shown, not used to choose. Seconds per epoch depend on the threads and on what "
+        "else ran, so they compare only rows made side by side. Measured "
+        f"{report['measured_at']} on {report['machine']['cpus']} CPU cores: "
+        + "; ".join(f"`{command}`" for command in commands),
         "",
         "| variant | change | valid NDCG@10 | valid HR@10 | test NDCG@10 | test HR@10 | "
-        "best epoch | s/epoch |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "best epoch | s/epoch | FFN MFLOPs/request |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         change = ", ".join(f"`{key}={value}`" for key, value in row["overrides"].items())
@@ -663,9 +677,21 @@ def _search_section(report: dict[str, Any], plain: dict[str, Any] | None) -> lis
             f"| {row['variant']} | {change or 'none (frozen config)'} | "
             f"{row['valid']['ndcg@10']:.4f} | {row['valid']['hr@10']:.4f} | "
             f"{row['test']['ndcg@10']:.4f} | {row['test']['hr@10']:.4f} | "
-            f"{row['best_epoch']} | {row['seconds_per_epoch']:.1f} |"
+            f"{row['best_epoch']} | {row['seconds_per_epoch']:.1f} | "
+            f"{row['cost']['ffn_flops_per_request'] / 1e6:.2f} |"
         )
-    notes = []
+    done = {",".join(f"{k}={v}" for k, v in row["overrides"].items()) for row in rows}
+    unfinished = [
+        change
+        for command in commands
+        for change in re.findall(r"--try[ =](\S+)", command)
+        if change not in done
+    ]
+    notes = (
+        [f"- Stopped before they finished, so not in the table: {', '.join(unfinished)}."]
+        if unfinished
+        else []
+    )
     for variant in dict.fromkeys(row["variant"] for row in rows):
         runs = [row for row in rows if row["variant"] == variant]
         best = max(runs, key=lambda row: row["valid"]["ndcg@10"])

@@ -40,7 +40,7 @@ def trained_row(variant: str, ndcg: float, **labels: Any) -> dict[str, Any]:
         "test": metrics,
         "best_epoch": 3,
         "seconds_per_epoch": 1.5,
-        "cost": {},
+        "cost": {"ffn_flops_per_request": 3.4e6},
     }
 
 
@@ -95,6 +95,7 @@ def test_the_search_table_sets_each_try_against_the_frozen_config():
     search = report(
         trained_row("moe", 0.0571, overrides={"model.num_heads": 1}),
         trained_row("moe", 0.0550, overrides={"train.label_smoothing": 0.1}, command="other"),
+        command="quality.py --try model.num_heads=1 --try model.moe_top_k=3",
     )
     table = "\n".join(q._search_section(search, plain))
     assert "| moe | none (frozen config) | 0.0568 |" in table
@@ -102,6 +103,7 @@ def test_the_search_table_sets_each_try_against_the_frozen_config():
     assert "dense-active" not in table  # only the variants searched
     assert "the best validation NDCG@10 is model.num_heads=1 (0.0571)" in table
     assert "`other`" in table  # every command that made a row
+    assert "not in the table: model.moe_top_k=3." in table  # a try that never finished
 
 
 def test_a_search_try_is_validated_before_anything_trains():
