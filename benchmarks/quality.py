@@ -420,7 +420,7 @@ def row_label(row: dict[str, Any]) -> str:
     if "seed" not in row:
         return str(row["variant"])
     label = f"{row['variant']} seed {row['seed']}"
-    return label + " (the variants run above)" if row.get("from_variants_run") else label
+    return label + " (from the variants run)" if row.get("from_variants_run") else label
 
 
 def _report(
