@@ -583,7 +583,12 @@ def _dataset_section(report: dict[str, Any]) -> list[str]:
         f"{cfg['moe_num_experts']} experts × {cfg['ffn_hidden_size']} wide, "
         f"top-{cfg['moe_top_k']}.",
         f"Measured {report['measured_at']} on {report['machine']['cpus']} CPU cores "
-        f"(torch {report['machine']['torch']}): `{report['command']}`",
+        f"(torch {report['machine']['torch']}): `{report['command']}`"
+        + "".join(
+            f"; {row_label(row)} added {row.get('measured_at', '')} by `{row['command']}`"
+            for row in report["rows"]
+            if row.get("command", report["command"]) != report["command"]
+        ),
         "",
         "| variant | " + " | ".join(HEADLINE) + " | best epoch | s/epoch | params | "
         "active params/token | FFN MFLOPs/request | MFLOPs/request |",
