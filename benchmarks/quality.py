@@ -36,10 +36,12 @@ from pydantic import ValidationError
 import docs_section
 from moerec.config import (
     VARIANTS,
+    ConfigError,
     ExperimentConfig,
     ModelConfig,
     load_config,
     resolve_variant,
+    with_overrides,
 )
 from moerec.data.dataset import Dataset, dataset_from_interactions, load_dataset
 from moerec.data.synthetic import generate_interactions
@@ -264,18 +266,11 @@ def jobs(config: ExperimentConfig, args: argparse.Namespace) -> list[tuple[dict,
 
 
 def with_changes(config: ExperimentConfig, changes: dict[str, Any]) -> ExperimentConfig:
-    """``config`` with dotted overrides applied, validated like a config file."""
-    raw = config.to_dict()
-    for dotted, value in changes.items():
-        section, _, key = dotted.partition(".")
-        raw.setdefault(section, {})[key] = value
+    """``config`` with one ``--try``'s dotted overrides applied, validated like a config file."""
     try:
-        return ExperimentConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()
-        )
-        raise SystemExit(f"--try {changes}: {problems}") from None
+        return with_overrides(config, changes)
+    except ConfigError as exc:
+        raise SystemExit(f"--try {changes}: {exc}") from None
 
 
 def _with_seed(config: ExperimentConfig, seed: int) -> ExperimentConfig:

@@ -293,6 +293,17 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, eval)")
         raw = loaded or {}
+    return _validated(raw, overrides, f"{path}: " if path else "")
+
+
+def with_overrides(config: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
+    """``config`` with dotted overrides applied, validated as :func:`load_config` does."""
+    return _validated(config.to_dict(), overrides, "")
+
+
+def _validated(
+    raw: dict[str, Any], overrides: dict[str, Any] | None, where: str
+) -> ExperimentConfig:
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
@@ -304,7 +315,6 @@ def load_config(
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        where = f"{path}: " if path else ""
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )

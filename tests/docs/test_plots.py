@@ -3,8 +3,6 @@ benchmarks page shows exactly those figures, from files that exist."""
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import re
 import subprocess
 import sys
@@ -14,23 +12,16 @@ from types import ModuleType
 import pytest
 from PIL import Image
 
+from tests.docs import benchmark_scripts
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "plots.py"
 DOCS = ROOT / "docs" / "benchmarks.md"
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 
 
-@functools.cache
 def plots_module() -> ModuleType:
-    if str(SCRIPT.parent) not in sys.path:  # as `python benchmarks/plots.py` has it
-        sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("benchmark_plots", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # @dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_scripts.load("plots")
 
 
 def section(text: str, plots: ModuleType) -> str:

@@ -3,10 +3,7 @@ that are not comparable, and the hyper-parameter search's table."""
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
-import sys
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -14,21 +11,14 @@ from typing import Any
 
 import pytest
 
+from tests.docs import benchmark_scripts
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "quality.py"
 
 
-@functools.cache
 def quality() -> ModuleType:
-    if str(SCRIPT.parent) not in sys.path:  # as `python benchmarks/quality.py` has it
-        sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("benchmark_quality", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_scripts.load("quality")
 
 
 def trained_row(variant: str, ndcg: float, **labels: Any) -> dict[str, Any]:
