@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from moerec.config import load_config
+from moerec.config import load_config, parse_overrides
 from moerec.data.dataset import load_dataset
 from moerec.data.synthetic import generate_interactions, write_csv
 from moerec.training.trainer import trainable_users
@@ -107,11 +106,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.tiny:
         args.epochs = 2
     return args
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs, values read as YAML (as ``moerec train --set`` reads them)."""
-    return {key: yaml.safe_load(value) for key, _, value in (p.partition("=") for p in pairs)}
 
 
 def synthetic_data(work: Path, tiny: bool) -> Path:

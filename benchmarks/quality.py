@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from pydantic import ValidationError
 
 import docs_section
@@ -40,6 +39,7 @@ from moerec.config import (
     ExperimentConfig,
     ModelConfig,
     load_config,
+    parse_overrides,
     resolve_variant,
     with_overrides,
 )
@@ -212,19 +212,18 @@ def _probabilities(text: str) -> list[float]:
 
 def _overrides(text: str) -> dict[str, Any]:
     """``model.num_heads=1,train.label_smoothing=0.1`` as config overrides (values read as YAML)."""
-    overrides: dict[str, Any] = {}
-    for pair in text.split(","):
-        key, sep, value = pair.partition("=")
-        section = key.strip().partition(".")[0]
-        if not sep or section not in ("data", "model", "train", "eval") or "." not in key:
-            raise argparse.ArgumentTypeError(
-                f"expected section.key=value pairs like model.num_heads=1; got {pair!r}"
-            )
-        try:
-            overrides[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise argparse.ArgumentTypeError(f"{pair!r}: the value is not valid YAML") from None
-    return overrides
+    pairs = text.split(",")
+    if any(pair.partition(".")[0].strip() not in SECTIONS for pair in pairs):
+        raise argparse.ArgumentTypeError(
+            f"expected section.key=value pairs like model.num_heads=1; got {text!r}"
+        )
+    try:
+        return parse_overrides(pairs, option="--try")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+SECTIONS = ("data", "model", "train", "eval")
 
 
 def _integers(text: str) -> list[int]:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -21,6 +20,7 @@ from moerec.config import (
     ExperimentConfig,
     ServiceSettings,
     load_config,
+    parse_overrides,
     resolve_variant,
 )
 
@@ -130,19 +130,6 @@ def user_errors() -> Iterator[None]:
         where = f": {exc.filename}" if exc.filename else ""
         err.print(f"[bold red]error:[/] {exc.strerror or exc}{where}", highlight=False)
         raise typer.Exit(2) from None
-
-
-def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise MoerecError(f"--set expects key=value (e.g. train.epochs=5), got {pair!r}")
-        try:
-            overrides[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise MoerecError(f"--set {pair!r}: the value is not valid YAML") from None
-    return overrides
 
 
 def _chunk_rows_override(chunk_rows: int | None) -> dict[str, Any]:

@@ -296,6 +296,21 @@ def load_config(
     return _validated(raw, overrides, f"{path}: " if path else "")
 
 
+def parse_overrides(pairs: list[str] | None, option: str = "--set") -> dict[str, Any]:
+    """``key=value`` pairs (``train.epochs=5``) as dotted overrides, values read as YAML;
+    ``option`` names the flag they came from in the error messages."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{option} expects key=value (e.g. train.epochs=5), got {pair!r}")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"{option} {pair!r}: the value is not valid YAML") from None
+    return overrides
+
+
 def with_overrides(config: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
     """``config`` with dotted overrides applied, validated as :func:`load_config` does."""
     return _validated(config.to_dict(), overrides, "")
