@@ -11,7 +11,7 @@ FLOPs per request. Writes benchmarks/results/quality-<dataset>.json and docs/ben
     python benchmarks/quality.py --data-root PATH --datasets ml-100k --time-context
     python benchmarks/quality.py --data-root PATH --datasets beauty --top-p 0.3,0.5,0.7,0.9
     python benchmarks/quality.py --data-root PATH --datasets beauty --variants moe --seeds 42,43,44
-    python benchmarks/quality.py --data-root PATH --datasets beauty --variants moe \
+    python benchmarks/quality.py --data-root PATH --datasets beauty --variants moe \\
         --try model.num_heads=1 --try train.label_smoothing=0.1       # a validation search
     python benchmarks/quality.py --tiny --output-dir results-tiny     # seconds; what CI runs
 """

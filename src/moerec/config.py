@@ -92,6 +92,20 @@ class ModelConfig(_Strict):
         description="Embed each event's gap since the previous one (log2 buckets) and its hour "
         "of day (UTC), and the request's own gap and hour (needs data with timestamps).",
     )
+    position_encoding: Literal["absolute", "rotary", "none"] = Field(
+        "absolute",
+        description="'absolute': a learned embedding per slot, counted from the most recent "
+        "item; 'rotary': RoPE on attention queries and keys, so attention sees only how far "
+        "apart two items are; 'none': order only through the causal mask.",
+    )
+    filter_mix: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Weight of a causal filter branch beside attention in every block "
+        "(BSARec's low/high-frequency mixing made causal): (1 - w) * attention + w * filter; "
+        "0 = attention only.",
+    )
     moe_num_experts: int = Field(8, ge=1, description="Experts per MoE layer (1 = dense FFN).")
     moe_top_k: int = Field(2, ge=1, description="Experts per token in top-k routing.")
     moe_router: Literal["topk", "topp"] = Field(
@@ -128,6 +142,11 @@ class ModelConfig(_Strict):
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_heads ({self.num_heads})"
+            )
+        if self.position_encoding == "rotary" and (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(
+                "position_encoding 'rotary' needs an even head size (hidden_size / num_heads); "
+                f"it is {self.hidden_size // self.num_heads}"
             )
         if self.is_moe and self.moe_top_k > self.moe_num_experts:
             raise ValueError(

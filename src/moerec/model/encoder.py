@@ -27,13 +27,45 @@ def attention_mask(token_mask: Tensor) -> Tensor:
     return visible | diagonal
 
 
+def rotary_tables(max_len: int, head_size: int) -> tuple[Tensor, Tensor]:
+    """RoPE's (cos, sin), each (max_len, head_size): slot t turns pair i by t / 10000^(2i/hs).
+
+    Rotating queries and keys by their slots makes each attention score depend on how far apart
+    the two items are, not where they sit: a position in training and the last position in
+    serving then read their histories the same way.
+    """
+    inverse_frequency = 1.0 / 10000 ** (torch.arange(0, head_size, 2).float() / head_size)
+    angles = torch.arange(max_len).float()[:, None] * inverse_frequency[None, :]  # (L, hs/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (L, hs)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: (B, H, T, hs), cos/sin: (T, hs) -> x with each channel pair (i, i + hs/2) rotated."""
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-second, first], dim=-1) * sin
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, hidden_size: int, num_heads: int, attention_dropout: float) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        attention_dropout: float,
+        rotary_max_len: int = 0,
+    ) -> None:
+        """``rotary_max_len`` > 0 turns on RoPE for histories up to that long."""
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
         self.proj = nn.Linear(hidden_size, hidden_size)
         self.attention_dropout = Dropout(attention_dropout)
+        self.rotary = rotary_max_len > 0
+        if self.rotary:
+            cos, sin = rotary_tables(rotary_max_len, hidden_size // num_heads)
+            # Not saved: rebuilt from the config, so artefacts stay free of derived tables.
+            self.register_buffer("rotary_cos", cos, persistent=False)
+            self.register_buffer("rotary_sin", sin, persistent=False)
 
     def forward(self, x: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
         """x: (B, T, D), mask: (B, 1, T, T) -> (B, T, D), or (B, 1, D) with ``last_only``.
@@ -47,6 +79,9 @@ class CausalSelfAttention(nn.Module):
         q = q.view(head_shape).transpose(1, 2)  # (B, H, T, hs)
         k = k.view(head_shape).transpose(1, 2)  # (B, H, T, hs)
         v = v.view(head_shape).transpose(1, 2)  # (B, H, T, hs)
+        if self.rotary:
+            cos, sin = self.rotary_cos[:seq_len], self.rotary_sin[:seq_len]  # (T, hs)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if last_only:
             q, mask = q[:, :, -1:], mask[:, :, -1:]  # (B, H, 1, hs), (B, 1, 1, T)
         if self.training and self.attention_dropout.p > 0:
@@ -58,6 +93,47 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hs)
         y = y.transpose(1, 2).reshape(batch, q.shape[2], width)  # (B, T or 1, D)
         return self.proj(y)
+
+
+class CausalFilter(nn.Module):
+    """BSARec's frequency mixing beside attention, made causal.
+
+    BSARec splits a history into its low frequencies (an FFT over the whole sequence, which lets
+    every position see the future) and the rest, and re-weights the rest by a learned beta. Here
+    the low part of position t is a weighted mean of the items up to t, weight decay^age per
+    channel (an exponential moving average over non-padding items only), so that every position
+    can be trained at once, as the rest of the model is:
+
+        low_t = sum_{s<=t} decay^(t-s) x_s / sum_{s<=t} decay^(t-s)
+        out_t = low_t + beta (x_t - low_t)
+
+    beta > 1 sharpens towards the latest item, beta < 1 smooths towards the history's mean.
+    Decays start spread over 0.3..0.95 (short to long memory) and beta at 1; both are learned
+    per channel, and neither draws random numbers, so adding the filter leaves every other
+    weight's initial value unchanged.
+    """
+
+    def __init__(self, hidden_size: int, max_len: int) -> None:
+        super().__init__()
+        self.decay_logit = nn.Parameter(torch.linspace(0.3, 0.95, hidden_size).logit())  # (D,)
+        self.beta = nn.Parameter(torch.ones(hidden_size))  # (D,)
+        slots = torch.arange(max_len)
+        self.register_buffer("age", slots[:, None] - slots[None, :], persistent=False)  # (L, L)
+
+    def forward(self, x: Tensor, token_mask: Tensor, last_only: bool = False) -> Tensor:
+        """x: (B, T, D), token_mask: (B, T) -> (B, T, D), or (B, 1, D) with ``last_only``."""
+        seq_len = x.shape[1]
+        age = self.age[:seq_len, :seq_len]  # (T, T): t - s
+        if last_only:
+            age = age[-1:]  # (1, T)
+        decay = self.decay_logit.sigmoid()[:, None, None]  # (D, 1, 1)
+        kernel = decay ** age.clamp(min=0) * (age >= 0)  # (D, T or 1, T), causal
+        present = token_mask.to(x.dtype)  # (B, T)
+        total = torch.einsum("dts,bsd->btd", kernel, x * present[..., None])
+        weight = torch.einsum("dts,bs->btd", kernel, present)
+        low = total / weight.clamp_min(1e-12)  # (B, T or 1, D); padding rows come out 0
+        latest = x[:, -1:] if last_only else x
+        return low + self.beta * (latest - low)
 
 
 def build_feed_forward(config: ModelConfig) -> MoEFeedForward | DenseFeedForward:
@@ -83,17 +159,25 @@ def build_feed_forward(config: ModelConfig) -> MoEFeedForward | DenseFeedForward
 
 
 class Block(nn.Module):
-    """Pre-norm block: x + attn(LN(x)), then x + FFN(LN(x)) on non-padding tokens only."""
+    """Pre-norm block: x + attn(LN(x)) (mixed with a causal filter when ``filter_mix`` > 0), then
+    x + FFN(LN(x)) on non-padding tokens only."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.norm_attn = nn.LayerNorm(config.hidden_size)
         self.attn = CausalSelfAttention(
-            config.hidden_size, config.num_heads, config.attention_dropout
+            config.hidden_size,
+            config.num_heads,
+            config.attention_dropout,
+            rotary_max_len=config.max_len if config.position_encoding == "rotary" else 0,
         )
         self.norm_ffn = nn.LayerNorm(config.hidden_size)
         self.ffn = build_feed_forward(config)
         self.dropout = Dropout(config.dropout)
+        self.filter_mix = config.filter_mix
+        self.filter = (
+            CausalFilter(config.hidden_size, config.max_len) if config.filter_mix > 0 else None
+        )
 
     def forward(
         self, x: Tensor, mask: Tensor, token_mask: Tensor, last_only: bool = False
@@ -102,7 +186,11 @@ class Block(nn.Module):
 
         With ``last_only`` the block computes the last position alone: -> (B, 1, D).
         """
-        attended = self.attn(self.norm_attn(x), mask, last_only)  # (B, T or 1, D)
+        normed = self.norm_attn(x)
+        attended = self.attn(normed, mask, last_only)  # (B, T or 1, D)
+        if self.filter is not None:
+            filtered = self.filter(normed, token_mask, last_only)  # (B, T or 1, D)
+            attended = (1 - self.filter_mix) * attended + self.filter_mix * filtered
         if last_only:
             x, token_mask = x[:, -1:], token_mask[:, -1:]
         x = x + self.dropout(attended)

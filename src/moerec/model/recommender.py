@@ -58,7 +58,11 @@ class SequentialRecommender(nn.Module):
         self.item_embedding = nn.Embedding(
             config.num_items + 1, config.hidden_size, padding_idx=PADDING_ID
         )
-        self.position_embedding = nn.Embedding(config.max_len, config.hidden_size)
+        self.position_embedding = (
+            nn.Embedding(config.max_len, config.hidden_size)
+            if config.position_encoding == "absolute"
+            else None
+        )
         self.embedding_dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size)
@@ -144,10 +148,12 @@ class SequentialRecommender(nn.Module):
                 context = context[:, -(self.config.max_len + 1) :]
             seq_len = self.config.max_len
         token_mask = item_seq != PADDING_ID  # (B, T)
-        positions = torch.arange(
-            self.config.max_len - seq_len, self.config.max_len, device=item_seq.device
-        )  # (T,) right-aligned
-        x = self.item_vectors(item_seq) + self.position_embedding(positions)  # (B, T, D)
+        x = self.item_vectors(item_seq)  # (B, T, D)
+        if self.position_embedding is not None:
+            positions = torch.arange(
+                self.config.max_len - seq_len, self.config.max_len, device=item_seq.device
+            )  # (T,) right-aligned
+            x = x + self.position_embedding(positions)
         if self.time_embeddings is not None and context is not None:
             x = x + self._time_vectors(context, seq_len)
         x = self.embedding_dropout(x)

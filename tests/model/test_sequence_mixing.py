@@ -1,0 +1,223 @@
+"""How a block mixes a history across positions: position encodings and the causal filter."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import Tensor
+
+from moerec.config import ExperimentConfig, ModelConfig
+from moerec.model import SequentialRecommender
+from moerec.model.encoder import CausalFilter, rotary_tables, rotate
+from moerec.registry import load_artefact, save_artefact
+from moerec.training import train
+
+NUM_ITEMS = 40
+MAX_LEN = 12
+NEW_FIELDS = ("position_encoding", "filter_mix")
+SETTINGS = list(itertools.product(("absolute", "rotary", "none"), (0.0, 0.5)))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def model_config(**updates: object) -> ModelConfig:
+    base = ModelConfig(
+        num_items=NUM_ITEMS,
+        max_len=MAX_LEN,
+        hidden_size=16,
+        num_layers=2,
+        num_heads=2,
+        ffn_hidden_size=16,
+        moe_num_experts=4,
+        moe_top_k=2,
+    )
+    return ModelConfig.model_validate({**base.model_dump(), **updates})  # model_copy skips checks
+
+
+def histories() -> Tensor:
+    """(3, MAX_LEN) left-padded: one full history, one of 7 items, one of a single item."""
+    seq = torch.randint(1, NUM_ITEMS + 1, (3, MAX_LEN))
+    seq[1, :5] = 0
+    seq[2, :-1] = 0
+    return seq
+
+
+def built(position_encoding: str, filter_mix: float) -> SequentialRecommender:
+    config = model_config(position_encoding=position_encoding, filter_mix=filter_mix)
+    model = SequentialRecommender(config).eval()
+    if model.blocks[0].filter is not None:
+        with torch.no_grad():  # away from the identity it starts as
+            for block in model.blocks:
+                block.filter.beta.uniform_(0.2, 2.0)
+    return model
+
+
+# ------------------------------------------------------------------ every setting
+
+
+@pytest.mark.parametrize(("position_encoding", "filter_mix"), SETTINGS)
+def test_no_position_reads_a_later_item(position_encoding, filter_mix):
+    model = built(position_encoding, filter_mix)
+    seq = histories()
+    changed = seq.clone()
+    changed[:, 8:] = torch.randint(1, NUM_ITEMS + 1, (3, MAX_LEN - 8))
+    before, after = model(seq).hidden, model(changed).hidden
+    torch.testing.assert_close(before[0, :8], after[0, :8])
+    assert not torch.allclose(before[0, 8:], after[0, 8:])  # the change does reach later ones
+
+
+@pytest.mark.parametrize(("position_encoding", "filter_mix"), SETTINGS)
+def test_serving_last_position_equals_the_full_forward(position_encoding, filter_mix):
+    model = built(position_encoding, filter_mix)
+    seq = histories()
+    torch.testing.assert_close(model(seq, last_only=True).hidden[:, -1], model(seq).hidden[:, -1])
+
+
+@pytest.mark.parametrize(("position_encoding", "filter_mix"), SETTINGS)
+def test_left_padding_changes_nothing(position_encoding, filter_mix):
+    model = built(position_encoding, filter_mix)
+    seq = histories()
+    torch.testing.assert_close(model(seq[1:2, 5:]).hidden[0], model(seq).hidden[1, 5:])
+    torch.testing.assert_close(model(seq[2:3, -1:]).hidden[0], model(seq).hidden[2, -1:])
+
+
+@pytest.mark.parametrize(("position_encoding", "filter_mix"), SETTINGS)
+def test_training_and_artefact_round_trip(
+    position_encoding, filter_mix, tiny_dataset, tiny_config, tmp_path
+):
+    config = tiny_config.model_copy(
+        update={
+            "model": tiny_config.model.model_copy(
+                update={"position_encoding": position_encoding, "filter_mix": filter_mix}
+            ),
+            "train": tiny_config.train.model_copy(update={"epochs": 1}),
+        }
+    )
+    result = train(tiny_dataset, config, progress=False)
+    path = save_artefact(
+        tmp_path, "tiny", result.model, result.config, tiny_dataset.vocab, result.metrics(),
+        tiny_dataset.fingerprint,
+    )  # fmt: skip
+    loaded = load_artefact(path)
+    seq = torch.randint(1, tiny_dataset.num_items + 1, (4, config.model.max_len))
+    assert torch.equal(result.model.eval()(seq).hidden, loaded.model(seq).hidden)
+
+
+# ------------------------------------------------------------------ position encodings
+
+
+def test_rotary_scores_depend_only_on_the_distance_between_slots():
+    cos, sin = rotary_tables(MAX_LEN, 8)
+    q, k = torch.randn(8), torch.randn(8)
+
+    def score(query_slot: int, key_slot: int) -> Tensor:
+        turned_q = rotate(q.expand(1, 1, MAX_LEN, 8), cos, sin)[0, 0, query_slot]
+        turned_k = rotate(k.expand(1, 1, MAX_LEN, 8), cos, sin)[0, 0, key_slot]
+        return turned_q @ turned_k
+
+    torch.testing.assert_close(score(5, 2), score(11, 8))
+    torch.testing.assert_close(score(3, 3), q @ k)  # no distance, no turn
+    assert not torch.allclose(score(5, 2), score(5, 4))
+
+
+def test_only_absolute_encoding_has_position_weights():
+    for encoding in ("absolute", "rotary", "none"):
+        keys = SequentialRecommender(model_config(position_encoding=encoding)).state_dict()
+        assert any(key.startswith("position_embedding") for key in keys) == (encoding == "absolute")
+        assert not any("rotary" in key for key in keys)  # rebuilt from the config, not saved
+
+
+def test_without_positions_the_order_still_matters_through_the_causal_mask():
+    model = built("none", 0.0)
+    seq = torch.arange(1, MAX_LEN + 1)[None]
+    assert not torch.allclose(model(seq).hidden[0, -1], model(seq.flip(1)).hidden[0, -1])
+
+
+def test_rotary_needs_an_even_head_size():
+    model_config(hidden_size=18, num_heads=3, position_encoding="rotary")  # head size 6
+    with pytest.raises(ValidationError, match="even head size"):
+        model_config(hidden_size=18, num_heads=2, position_encoding="rotary")
+    with pytest.raises(ValidationError):
+        model_config(position_encoding="learned")
+
+
+# ------------------------------------------------------------------ causal filter
+
+
+def test_the_filter_is_a_decaying_mean_of_the_items_so_far_plus_beta_times_the_rest():
+    width, seq_len = 4, 6
+    layer = CausalFilter(width, MAX_LEN)
+    with torch.no_grad():
+        layer.beta.copy_(torch.tensor([0.0, 0.5, 1.0, 2.0]))
+    x = torch.randn(2, seq_len, width)
+    present = torch.ones(2, seq_len, dtype=torch.bool)
+    present[1, :2] = False  # left padding: its values must not count
+    x[1, :2] = 100.0
+    decay = layer.decay_logit.sigmoid()
+    expected = torch.zeros(2, seq_len, width)
+    for b, t in itertools.product(range(2), range(seq_len)):
+        seen = [s for s in range(t + 1) if present[b, s]]
+        if not seen:
+            continue
+        weights = torch.stack([decay ** (t - s) for s in seen])  # (n, D)
+        low = (weights * x[b, seen]).sum(0) / weights.sum(0)
+        expected[b, t] = low + layer.beta * (x[b, t] - low)
+    out = layer(x, present)
+    torch.testing.assert_close(out[0], expected[0])
+    torch.testing.assert_close(out[1, 2:], expected[1, 2:])
+    torch.testing.assert_close(layer(x, present, last_only=True), out[:, -1:])
+    torch.testing.assert_close(out[:, :, 2], x[:, :, 2])  # beta 1: the item itself
+    assert torch.isfinite(out).all()
+
+
+def test_the_filter_draws_no_random_numbers_so_other_weights_start_the_same():
+    torch.manual_seed(1)
+    plain = SequentialRecommender(model_config())
+    torch.manual_seed(1)
+    filtered = SequentialRecommender(model_config(filter_mix=0.5))
+    extra = set(filtered.state_dict()) - set(plain.state_dict())
+    assert extra
+    assert all(".filter." in key for key in extra)
+    for key, value in plain.state_dict().items():
+        assert torch.equal(value, filtered.state_dict()[key]), key
+
+
+def test_the_filter_is_trained():
+    # At beta = 1 the decay has no gradient (the branch is then the item itself); the first
+    # step moves beta, and from there both learn.
+    model = built("absolute", 0.5).train()
+    model(histories()).hidden.pow(2).sum().backward()
+    for block in model.blocks:
+        assert block.filter.beta.grad.abs().sum() > 0
+        assert block.filter.decay_logit.grad.abs().sum() > 0
+
+
+def test_filter_mix_is_a_weight_between_0_and_1():
+    with pytest.raises(ValidationError):
+        model_config(filter_mix=1.5)
+    with pytest.raises(ValidationError):
+        model_config(filter_mix=-0.1)
+
+
+# ------------------------------------------------------------------ older artefacts
+
+
+def test_an_old_manifest_and_state_dict_load_strictly_and_build_the_same_model():
+    torch.manual_seed(1)
+    saved = SequentialRecommender(model_config()).state_dict()
+    manifest = ExperimentConfig(model=model_config()).to_dict()
+    for key in NEW_FIELDS:
+        del manifest["model"][key]
+    config = ExperimentConfig.model_validate(manifest)
+    assert (config.model.position_encoding, config.model.filter_mix) == ("absolute", 0.0)
+    torch.manual_seed(1)
+    rebuilt = SequentialRecommender(config.model)
+    rebuilt.load_state_dict(saved, strict=True)
+    for key, value in saved.items():
+        assert torch.equal(value, rebuilt.state_dict()[key]), key
