@@ -38,6 +38,7 @@ from moerec.config import (
     ConfigError,
     ExperimentConfig,
     ModelConfig,
+    Variant,
     load_config,
     parse_overrides,
     resolve_variant,
@@ -120,7 +121,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(DATASETS),
         help="Comma-separated, from: " + ",".join(DATASETS),
     )
-    p.add_argument("--variants", default=",".join(VARIANTS), help="Comma-separated variants.")
+    p.add_argument(
+        "--variants",
+        type=_variants,
+        default=list(VARIANTS),
+        help=f"Comma-separated, from: {','.join(VARIANTS)}",
+    )
     p.add_argument("--epochs", type=int, help="Override the config's max epochs.")
     p.add_argument("--seed", type=int, help="Override the config's seed.")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default).")
@@ -233,22 +239,33 @@ def _integers(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected integers like 42,43,44; got {text!r}") from None
 
 
+def _variants(text: str) -> list[Variant]:
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [part for part in chosen if part not in VARIANTS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown variant(s) {', '.join(unknown) or repr(text)}; "
+            f"choose from {','.join(VARIANTS)}"
+        )
+    return [variant for variant in VARIANTS if variant in chosen]  # the usual order
+
+
 def jobs(config: ExperimentConfig, args: argparse.Namespace) -> list[tuple[dict, ExperimentConfig]]:
     """(row labels, config) per model to train: the variants, the seed or the top-p sweep."""
     if args.seeds:
         return [
-            ({"variant": variant, "seed": seed}, _with_seed(resolve_variant(config, variant), seed))  # type: ignore[arg-type]
+            ({"variant": variant, "seed": seed}, _with_seed(resolve_variant(config, variant), seed))
             for seed in args.seeds
-            for variant in args.variants.split(",")
+            for variant in args.variants
         ]
     if args.tries:
         return [
             (
                 {"variant": variant, "overrides": changes},
                 resolve_variant(with_changes(config, changes), variant),
-            )  # type: ignore[arg-type]
+            )
             for changes in args.tries
-            for variant in args.variants.split(",")
+            for variant in args.variants
         ]
     if args.top_p:
         return [
@@ -258,10 +275,7 @@ def jobs(config: ExperimentConfig, args: argparse.Namespace) -> list[tuple[dict,
             )
             for p in args.top_p
         ]
-    return [
-        ({"variant": variant}, resolve_variant(config, variant))  # type: ignore[arg-type]
-        for variant in args.variants.split(",")
-    ]
+    return [({"variant": variant}, resolve_variant(config, variant)) for variant in args.variants]
 
 
 def with_changes(config: ExperimentConfig, changes: dict[str, Any]) -> ExperimentConfig:

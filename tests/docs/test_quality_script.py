@@ -108,3 +108,16 @@ def test_a_search_try_is_validated_before_anything_trains():
         q.parse_args(["--tiny", "--try", "heads=1"])
     with pytest.raises(SystemExit):
         q.parse_args(["--tiny", "--try", "model.num_heads=1", "--seeds", "1,2"])
+
+
+def test_variants_are_checked_and_kept_in_their_usual_order(capsys):
+    q = quality()
+    assert q.parse_args(["--tiny", "--variants", "dense-params,moe"]).variants == [
+        "moe",
+        "dense-params",
+    ]
+    with pytest.raises(SystemExit):
+        q.parse_args(["--tiny", "--variants", "moe,sasrec"])
+    assert "unknown variant(s) sasrec; choose from moe,dense-active,dense-params" in (
+        capsys.readouterr().err
+    )
