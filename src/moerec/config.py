@@ -199,6 +199,13 @@ class TrainConfig(_Strict):
         "(training and validation); the best validation epoch so far is kept. None: no limit.",
     )
     eval_every: int = Field(1, ge=1, description="Validate every N epochs.")
+    examples: Literal["sequences", "prefixes"] = Field(
+        "sequences",
+        description="'sequences': one example per user, every position predicting its next "
+        "item; 'prefixes': one example per prefix of each history, only its last position "
+        "predicting (as CL4SRec, DuoRec, FMLP-Rec and BSARec train), about mean-length times "
+        "more examples per epoch.",
+    )
     seed: int = 42
     num_threads: int = Field(0, ge=0, description="torch threads (0 = leave torch's default).")
     loss: Literal["ce", "sampled"] = Field(

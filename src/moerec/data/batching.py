@@ -7,13 +7,20 @@ import numpy as np
 from moerec.data.time_context import context_ids
 
 
-def left_pad(offsets: np.ndarray, items: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
+def left_pad(
+    offsets: np.ndarray,
+    items: np.ndarray,
+    rows: np.ndarray,
+    width: int,
+    ends: np.ndarray | None = None,
+) -> np.ndarray:
     """The last ``width`` items of each selected CSR row, right-aligned, 0-padded on the left.
 
-    offsets: (U+1,), items: (total,), rows: (B,) -> (B, width) int64.
+    offsets: (U+1,), items: (total,), rows: (B,) -> (B, width) int64. ``ends`` (B,), indices
+    into ``items``, cuts each row short: row b then ends before ``items[ends[b]]`` (a prefix).
     """
     rows = np.asarray(rows, dtype=np.int64)
-    ends = offsets[rows + 1]  # (B,)
+    ends = offsets[rows + 1] if ends is None else np.asarray(ends, dtype=np.int64)  # (B,)
     lengths = np.minimum(ends - offsets[rows], width)  # (B,)
     starts = ends - lengths  # (B,)
     out = np.zeros((rows.shape[0], width), dtype=np.int64)
@@ -60,14 +67,16 @@ def event_context(
     rows: np.ndarray,
     width: int,
     next_times: np.ndarray | None = None,
+    ends: np.ndarray | None = None,
 ) -> np.ndarray:
     """(gap id, hour id) of the last ``width`` events of each selected row, left-padded like
-    ``left_pad``, plus, with ``next_times`` (B,), one more column for the event to predict.
+    ``left_pad`` (``ends`` as there), plus, with ``next_times`` (B,), one more column for the
+    event to predict.
 
     -> (B, width, 2), or (B, width + 1, 2) with ``next_times``: a model's ``context``.
     """
-    present = left_pad(offsets, items, rows, width) != 0  # items are ids >= 1
-    stamps = left_pad(offsets, times, rows, width)
+    present = left_pad(offsets, items, rows, width, ends) != 0  # items are ids >= 1
+    stamps = left_pad(offsets, times, rows, width, ends)
     if next_times is not None:
         present = np.concatenate([present, np.ones((present.shape[0], 1), dtype=bool)], axis=1)
         stamps = np.concatenate([stamps, np.asarray(next_times, np.int64)[:, None]], axis=1)

@@ -47,6 +47,9 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class CausalSelfAttention(nn.Module):
+    rotary_cos: Tensor
+    rotary_sin: Tensor
+
     def __init__(
         self,
         hidden_size: int,
@@ -112,6 +115,8 @@ class CausalFilter(nn.Module):
     per channel, and neither draws random numbers, so adding the filter leaves every other
     weight's initial value unchanged.
     """
+
+    age: Tensor
 
     def __init__(self, hidden_size: int, max_len: int) -> None:
         super().__init__()

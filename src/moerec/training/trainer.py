@@ -97,6 +97,38 @@ def trainable_users(train: Sequences) -> np.ndarray:
     return np.flatnonzero(train.lengths >= 2)
 
 
+@dataclass(frozen=True)
+class TrainingExamples:
+    """What an epoch trains on. Example i is row ``rows[i]`` of the training sequences cut
+    before ``items[ends[i]]`` (its last max_len + 1 items are read); ``tokens[i]`` counts its
+    positions that carry a loss. With ``last_only`` only each example's last position does."""
+
+    rows: np.ndarray  # (n,)
+    ends: np.ndarray  # (n,) exclusive, into Sequences.items
+    tokens: np.ndarray  # (n,)
+    last_only: bool
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+
+def training_examples(train: Sequences, kind: str, max_len: int) -> TrainingExamples:
+    """``kind`` 'sequences': each user with two or more items, once, every position predicting
+    the next item. 'prefixes': every prefix of each history with an input and a target, the
+    last position predicting, so that each next item is predicted exactly once either way."""
+    if kind == "sequences":
+        rows = trainable_users(train)
+        tokens = loss_positions(train, max_len)[rows]
+        return TrainingExamples(rows, train.offsets[rows + 1], tokens, last_only=False)
+    if kind != "prefixes":
+        raise ValueError(f"unknown kind of training examples {kind!r}")
+    targets = np.maximum(train.lengths - 1, 0)  # (U,) prefixes per user
+    rows = np.repeat(np.arange(len(train)), targets)  # (n,)
+    within = np.arange(rows.shape[0]) - np.repeat(np.cumsum(targets) - targets, targets)
+    ends = train.offsets[rows] + 2 + within  # shortest prefix: one input, one target
+    return TrainingExamples(rows, ends, np.ones_like(rows), last_only=True)
+
+
 def training_batches(
     train: Sequences, users: np.ndarray, max_len: int, batch_size: int, rng: np.random.Generator
 ) -> Iterator[tuple[Tensor, Tensor]]:
@@ -114,24 +146,31 @@ def global_batches(
         yield order[start : start + batch_size]
 
 
-def batch_tensors(train: Sequences, rows: np.ndarray, max_len: int) -> tuple[Tensor, Tensor]:
+def batch_tensors(
+    train: Sequences, rows: np.ndarray, max_len: int, ends: np.ndarray | None = None
+) -> tuple[Tensor, Tensor]:
     """(inputs, targets) of the given rows: targets are the inputs shifted by one item.
 
-    Each row holds a user's last ``max_len + 1`` training items, left-padded:
-    inputs = row[:-1], targets = row[1:]; positions whose input is padding are ignored.
+    Each row holds a user's last ``max_len + 1`` training items (before ``ends``, when given:
+    see ``left_pad``), left-padded: inputs = row[:-1], targets = row[1:]; positions whose input
+    is padding are ignored.
     """
     window = torch.from_numpy(
-        trim_padding(left_pad(train.offsets, train.items, rows, max_len + 1))
+        trim_padding(left_pad(train.offsets, train.items, rows, max_len + 1, ends))
     )  # (B, ≤ L+1)
     return window[:, :-1], window[:, 1:]  # (B, L), (B, L)
 
 
-def batch_context(train: Sequences, rows: np.ndarray, width: int) -> Tensor:
+def batch_context(
+    train: Sequences, rows: np.ndarray, width: int, ends: np.ndarray | None = None
+) -> Tensor:
     """The ``context`` of a ``batch_tensors`` batch whose inputs are ``width - 1`` wide: each
     window event's (gap id, hour id); the last column is the last target's. -> (B, width, 2)"""
     if train.times is None:
         raise TrainingError("model.time_context needs timestamps, and these sequences have none")
-    return torch.from_numpy(event_context(train.offsets, train.items, train.times, rows, width))
+    return torch.from_numpy(
+        event_context(train.offsets, train.items, train.times, rows, width, ends=ends)
+    )
 
 
 def loss_positions(train: Sequences, max_len: int) -> np.ndarray:
@@ -146,17 +185,23 @@ def sequence_loss(
     label_smoothing: float,
     sampled: SampledSoftmax | None = None,
     context: Tensor | None = None,
+    last_only: bool = False,
 ) -> tuple[Tensor, Tensor, list[Any]]:
     """Cross-entropy of every next item against the whole catalogue, or against the shared
     negatives of ``sampled`` when given; returns (ce, aux, routing). ``context``: see
-    ``batch_context``."""
-    out = model(inputs, context=context)
-    hidden = out.hidden[out.token_mask]  # (M, D) positions with a real input item
+    ``batch_context``. ``last_only``: only each row's last next item (prefix examples), and
+    the final block computes the last position alone."""
+    out = model(inputs, last_only=last_only, context=context)
+    if last_only:
+        hidden, chosen = out.hidden[:, -1], targets[:, -1]  # (M, D), (M,): M = B
+    else:
+        hidden = out.hidden[out.token_mask]  # (M, D) positions with a real input item
+        chosen = targets[out.token_mask]  # (M,)
     if sampled is not None:
-        ce = sampled(model, hidden, targets[out.token_mask])  # never builds (M, V) logits
+        ce = sampled(model, hidden, chosen)  # never builds (M, V) logits
         return ce, out.aux_loss, out.routing
     logits = model.item_logits(hidden)  # (M, V-1)
-    labels = targets[out.token_mask] - 1  # (M,) item j+1 is column j
+    labels = chosen - 1  # (M,) item j+1 is column j
     ce = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     return ce, out.aux_loss, out.routing
 
@@ -176,8 +221,11 @@ class SequenceLoss(nn.Module):
         targets: Tensor,
         label_smoothing: float,
         context: Tensor | None = None,
+        last_only: bool = False,
     ) -> tuple[Tensor, Tensor, list[Any]]:
-        return sequence_loss(self.model, inputs, targets, label_smoothing, self.sampled, context)
+        return sequence_loss(
+            self.model, inputs, targets, label_smoothing, self.sampled, context, last_only
+        )
 
 
 def train_step(
@@ -189,6 +237,7 @@ def train_step(
     config: TrainConfig,
     loss_weight: float = 1.0,
     context: Tensor | None = None,
+    last_only: bool = False,
 ) -> tuple[Tensor, Tensor, list[Any]]:
     """One optimisation step on one batch; returns (ce, aux, routing stats).
 
@@ -203,10 +252,10 @@ def train_step(
                 "SequenceLoss(model, build_sampled_softmax(...)) instead of the bare model"
             )
         ce, aux, stats = sequence_loss(
-            model, inputs, targets, config.label_smoothing, context=context
+            model, inputs, targets, config.label_smoothing, context=context, last_only=last_only
         )
     else:
-        ce, aux, stats = model(inputs, targets, config.label_smoothing, context)
+        ce, aux, stats = model(inputs, targets, config.label_smoothing, context, last_only)
     optimizer.zero_grad(set_to_none=True)
     loss = ce + aux
     if loss_weight != 1.0:
@@ -301,13 +350,13 @@ def train(
     rng = seed_everything(tc.seed)
     model = build_model(config, dataset).to(ctx.device)
     optimizer = build_optimizer(model, tc)
-    users = trainable_users(dataset.split.train)
-    if users.size == 0:
+    examples = training_examples(dataset.split.train, tc.examples, config.model.max_len)
+    if len(examples) == 0:
         raise TrainingError(
             "no user has two or more training interactions, so there is nothing to learn from; "
             "check the data (one event per user?) and the k-core settings"
         )
-    steps_per_epoch = -(-users.shape[0] // tc.batch_size)
+    steps_per_epoch = -(-len(examples) // tc.batch_size)
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch * tc.epochs)
     saved = ctx.run_on_main(lambda: _read_checkpoint(run_dir)) if resume else None
     log = RunLog(run_dir, append=resume) if run_dir is not None and ctx.is_main else None
@@ -337,7 +386,7 @@ def train(
     for epoch in range(first_epoch, tc.epochs + 1):
         started = time.perf_counter()
         record = _train_epoch(
-            net, optimizer, scheduler, dataset, config, users, rng, epoch,
+            net, optimizer, scheduler, dataset, config, examples, rng, epoch,
             progress and ctx.is_main, ctx,
         )  # fmt: skip
         state["train_seconds"] += time.perf_counter() - started
@@ -398,7 +447,7 @@ def _train_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     dataset: Dataset,
     config: ExperimentConfig,
-    users: np.ndarray,
+    examples: TrainingExamples,
     rng: np.random.Generator,
     epoch: int,
     progress: bool,
@@ -409,29 +458,29 @@ def _train_epoch(
     and routing statistics are the global batch's (summed over processes)."""
     tc = config.train
     train_set = dataset.split.train
-    positions = loss_positions(train_set, config.model.max_len)  # (U,)
     net.train()
     routing = RoutingSummary()
     total_ce = total_aux = shown = 0.0
     batches = 0
-    steps = -(-users.shape[0] // tc.batch_size)
+    steps = -(-len(examples) // tc.batch_size)
     bar = tqdm(
-        global_batches(users, tc.batch_size, rng),
+        global_batches(np.arange(len(examples)), tc.batch_size, rng),
         total=steps,
         desc=f"epoch {epoch}",
         unit="batch",
         disable=not progress,
         leave=False,
     )
-    for rows in bar:
-        shard = ctx.shard(rows, positions[rows])
-        inputs, targets = batch_tensors(train_set, shard.rows, config.model.max_len)
+    for batch in bar:
+        shard = ctx.shard(batch, examples.tokens[batch])
+        rows, ends = examples.rows[shard.rows], examples.ends[shard.rows]
+        inputs, targets = batch_tensors(train_set, rows, config.model.max_len, ends)
         context = None
         if config.model.time_context:
-            context = batch_context(train_set, shard.rows, inputs.shape[1] + 1).to(ctx.device)
+            context = batch_context(train_set, rows, inputs.shape[1] + 1, ends).to(ctx.device)
         ce, aux, stats = train_step(
             net, optimizer, scheduler, inputs.to(ctx.device), targets.to(ctx.device), tc,
-            loss_weight=shard.loss_weight, context=context,
+            loss_weight=shard.loss_weight, context=context, last_only=examples.last_only,
         )  # fmt: skip
         loss = ce.item()
         if not math.isfinite(loss):
