@@ -51,7 +51,7 @@ bench-tiny: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/quality.py --tiny --seeds 1,2 --variants moe --output-dir $(VENV)/bench-tiny
 	$(BIN)/python benchmarks/quality.py --tiny --time-context --variants moe --output-dir $(VENV)/bench-tiny
 	$(BIN)/python benchmarks/quality.py --tiny --variants dense-params --append --output-dir $(VENV)/bench-tiny
-	$(BIN)/python benchmarks/quality.py --tiny --variants moe --try model.num_heads=1 --output-dir $(VENV)/bench-tiny
+	$(BIN)/python benchmarks/quality.py --tiny --variants moe --try model.num_heads=1 --try model.position_encoding=rotary,model.filter_mix=0.5 --output-dir $(VENV)/bench-tiny
 	$(BIN)/python benchmarks/speed.py --tiny --output $(VENV)/bench-tiny/speed.json
 	$(BIN)/python benchmarks/distributed.py --tiny --output $(VENV)/bench-tiny/distributed.json
 	$(BIN)/python benchmarks/serving.py --tiny --output $(VENV)/bench-tiny/serving.json

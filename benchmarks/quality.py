@@ -371,7 +371,8 @@ def run_dataset(
         label = row_label(labels)
         print(f"[{name}] training {label}", file=sys.stderr)
         started = time.perf_counter()
-        result = train(dataset, cfg, progress=False, on_epoch=_progress(name, label))
+        curve: list[float] = []
+        result = train(dataset, cfg, progress=False, on_epoch=_progress(name, label, curve))
         cost = measure_cost(result.model)
         rows.append(
             {
@@ -383,6 +384,7 @@ def run_dataset(
                 "train_seconds": round(result.train_seconds, 1),
                 "seconds_per_epoch": round(result.train_seconds / max(result.epochs_run, 1), 2),
                 "wall_seconds": round(time.perf_counter() - started, 1),
+                "valid_ndcg10_by_epoch": curve,
                 "cost": cost.to_dict(),
                 "routing": result.test.routing.to_dict(),
                 **(
@@ -475,9 +477,14 @@ def popularity_row(dataset: Dataset, config: ExperimentConfig) -> dict[str, Any]
     }
 
 
-def _progress(name: str, variant: str) -> Any:
+def _progress(name: str, variant: str, curve: list[float]) -> Any:
+    """Print each epoch's line and collect its validation NDCG@10 in ``curve`` (rounded), so
+    that runs can be compared epoch by epoch, not only at their best."""
+
     def report(record: dict[str, Any]) -> None:
         valid = record.get("valid", {})
+        if "ndcg@10" in valid:
+            curve.append(round(valid["ndcg@10"], 5))
         print(
             f"[{name}/{variant}] epoch {record['epoch']} loss {record['loss']:.4f} "
             f"valid ndcg@10 {valid.get('ndcg@10', float('nan')):.4f} "
