@@ -106,6 +106,15 @@ class ModelConfig(_Strict):
         "(BSARec's low/high-frequency mixing made causal): (1 - w) * attention + w * filter; "
         "0 = attention only.",
     )
+    filter_kind: Literal["causal", "fourier"] = Field(
+        "causal",
+        description="'causal': a moving average of the items so far; 'fourier': BSARec's own "
+        "filter, the filter_cutoff lowest frequencies of an FFT over the max_len window, which "
+        "sees the whole history at once and so needs train.examples 'prefixes'.",
+    )
+    filter_cutoff: int = Field(
+        5, ge=1, description="Frequencies the 'fourier' filter keeps as the low part (BSARec's c)."
+    )
     moe_num_experts: int = Field(8, ge=1, description="Experts per MoE layer (1 = dense FFN).")
     moe_top_k: int = Field(2, ge=1, description="Experts per token in top-k routing.")
     moe_router: Literal["topk", "topp"] = Field(
@@ -206,6 +215,12 @@ class TrainConfig(_Strict):
         "predicting (as CL4SRec, DuoRec, FMLP-Rec and BSARec train), about mean-length times "
         "more examples per epoch.",
     )
+    batch_by_length: bool = Field(
+        False,
+        description="Batch examples of similar length together (sorted within chunks of 50 "
+        "batches, the batches then shuffled), so that short examples are not padded to the "
+        "longest: much less work per epoch with 'prefixes'.",
+    )
     seed: int = 42
     num_threads: int = Field(0, ge=0, description="torch threads (0 = leave torch's default).")
     loss: Literal["ce", "sampled"] = Field(
@@ -258,6 +273,24 @@ class ExperimentConfig(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _check_filter(self) -> ExperimentConfig:
+        model = self.model
+        if model.filter_mix > 0 and model.filter_kind == "fourier":
+            if self.train.examples != "prefixes":
+                raise ValueError(
+                    "model.filter_kind 'fourier' lets every position see the items after it, "
+                    "so training every position would train on the future: set "
+                    "train.examples to 'prefixes' (only the last position is trained), or use "
+                    "filter_kind 'causal'"
+                )
+            if model.filter_cutoff > model.max_len // 2 + 1:
+                raise ValueError(
+                    f"model.filter_cutoff ({model.filter_cutoff}) exceeds the "
+                    f"{model.max_len // 2 + 1} frequencies of a max_len {model.max_len} window"
+                )
+        return self
 
     def with_num_items(self, num_items: int) -> ExperimentConfig:
         return self.model_copy(

@@ -11,13 +11,13 @@ from torch import Tensor
 
 from moerec.config import ExperimentConfig, ModelConfig
 from moerec.model import SequentialRecommender
-from moerec.model.encoder import CausalFilter, rotary_tables, rotate
+from moerec.model.encoder import CausalFilter, FourierFilter, rotary_tables, rotate
 from moerec.registry import load_artefact, save_artefact
 from moerec.training import train
 
 NUM_ITEMS = 40
 MAX_LEN = 12
-NEW_FIELDS = ("position_encoding", "filter_mix")
+NEW_FIELDS = ("position_encoding", "filter_mix", "filter_kind", "filter_cutoff")
 SETTINGS = list(itertools.product(("absolute", "rotary", "none"), (0.0, 0.5)))
 
 
@@ -203,6 +203,70 @@ def test_filter_mix_is_a_weight_between_0_and_1():
         model_config(filter_mix=1.5)
     with pytest.raises(ValidationError):
         model_config(filter_mix=-0.1)
+
+
+# ------------------------------------------------------------------ BSARec's Fourier filter
+
+
+def test_the_fourier_filter_keeps_the_lowest_frequencies_of_the_whole_window():
+    width, max_len, cutoff = 3, 8, 2
+    layer = FourierFilter(width, max_len, cutoff)
+    with torch.no_grad():
+        layer.beta.copy_(torch.tensor([0.0, 0.5, 3.0]))
+    x = torch.randn(2, 6, width, dtype=torch.float64)
+    present = torch.ones(2, 6, dtype=torch.bool)
+    present[1, :3] = False
+    window = torch.zeros(2, max_len, width, dtype=torch.float64)
+    window[:, 2:] = x * present[..., None]
+    # The low part by hand: the DFT's bins 0..cutoff-1 and their mirror images, transformed back.
+    t = torch.arange(max_len, dtype=torch.float64)
+    low = torch.zeros_like(window)
+    for k in range(cutoff):
+        basis = torch.exp(2j * torch.pi * k * t / max_len)  # (L,)
+        coefficient = (window * basis.conj()[None, :, None]).sum(1) / max_len  # (B, D)
+        part = coefficient[:, None, :] * basis[None, :, None]
+        low += (part + part.conj()).real if k else part.real
+    low = low[:, 2:]
+    kept = x * present[..., None]
+    expected = low + layer.beta.double() * (kept - low)
+    out = layer(x.float(), present)
+    torch.testing.assert_close(out[0], expected[0].float(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out[1, 3:], expected[1, 3:].float(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(layer(x.float(), present, last_only=True), out[:, -1:])
+
+
+def test_the_fourier_filter_reads_later_items_so_it_needs_prefix_training():
+    config = model_config(filter_mix=0.7, filter_kind="fourier")
+    model = SequentialRecommender(config).eval()
+    with torch.no_grad():  # at beta = 1 the filter passes each item through unchanged
+        for block in model.blocks:
+            block.filter.beta.fill_(0.5)
+    seq = histories()
+    changed = seq.clone()
+    changed[0, -1] = seq[0, -1] % NUM_ITEMS + 1
+    assert not torch.allclose(model(seq).hidden[0, :-1], model(changed).hidden[0, :-1])
+    with pytest.raises(ValidationError, match=r"train\.examples to 'prefixes'"):
+        ExperimentConfig(model=config)
+    ExperimentConfig.model_validate(
+        {"model": config.model_dump(), "train": {"examples": "prefixes"}}
+    )
+    with pytest.raises(ValidationError, match="filter_cutoff"):
+        ExperimentConfig.model_validate(
+            {
+                "model": {**config.model_dump(), "filter_cutoff": MAX_LEN},
+                "train": {"examples": "prefixes"},
+            }
+        )
+
+
+def test_a_fourier_model_scores_the_same_history_alike_whatever_its_padding():
+    model = SequentialRecommender(model_config(filter_mix=0.7, filter_kind="fourier")).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.filter.beta.uniform_(0.2, 2.0)
+    seq = histories()
+    torch.testing.assert_close(model(seq[1:2, 5:]).hidden[0, -1], model(seq).hidden[1, -1])
+    torch.testing.assert_close(model(seq, last_only=True).hidden[:, -1], model(seq).hidden[:, -1])
 
 
 # ------------------------------------------------------------------ older artefacts

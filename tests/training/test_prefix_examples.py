@@ -10,7 +10,7 @@ from moerec.data.batching import left_pad
 from moerec.data.sequences import Sequences
 from moerec.model import SequentialRecommender
 from moerec.training import seed_everything, sequence_loss, train
-from moerec.training.trainer import batch_tensors, training_examples
+from moerec.training.trainer import batch_tensors, length_batches, training_examples
 from tests.helpers import small_config
 
 # Lengths 4, 1, 2 and 6: the one-item user has nothing to predict.
@@ -98,6 +98,30 @@ def test_training_on_prefixes_learns(tiny_dataset):
     assert losses[0] > losses[1]
     examples = training_examples(tiny_dataset.split.train, "prefixes", 20)
     assert len(examples) == int(np.maximum(tiny_dataset.split.train.lengths - 1, 0).sum())
+
+
+def test_length_batches_cover_every_example_once_in_batches_of_similar_length():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 51, size=1000)
+    batches = list(length_batches(lengths, 16, np.random.default_rng(1), chunk_batches=8))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    assert all(len(b) <= 16 for b in batches)
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    shuffled = np.random.default_rng(2).permutation(1000)
+    random_spread = np.mean([np.ptp(lengths[shuffled[i : i + 16]]) for i in range(0, 1000, 16)])
+    assert spread < random_spread / 4
+    # the batch order is shuffled, not shortest first
+    means = [lengths[b].mean() for b in batches]
+    assert means != sorted(means)
+    again = list(length_batches(lengths, 16, np.random.default_rng(1), chunk_batches=8))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
+
+
+@pytest.mark.slow
+def test_batching_by_length_trains_on_the_same_examples(tiny_dataset):
+    config = small_config(epochs=1, examples="prefixes", batch_by_length=True)
+    result = train(tiny_dataset, config, progress=False)
+    assert result.test.metrics["hr@10"] > 3 * 10 / tiny_dataset.num_items
 
 
 def test_an_unknown_kind_of_example_is_refused():

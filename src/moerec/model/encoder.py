@@ -141,6 +141,50 @@ class CausalFilter(nn.Module):
         return low + self.beta * (latest - low)
 
 
+class FourierFilter(nn.Module):
+    """BSARec's filter as published: the low part of a history is what survives when an FFT
+    over the whole ``max_len`` window keeps only its ``cutoff`` lowest frequencies, and
+
+        out = low + beta (x - low)
+
+    Every position's low part is computed from the whole window, the items after it included,
+    so a model with this filter may only be trained on its last position (prefix examples).
+    Histories are zero-filled on the left to ``max_len`` first, so the cutoff means the same
+    frequency whatever width a batch was trimmed to. beta starts at 1 (BSARec draws it from
+    N(0, 1), squared); it is learned per channel.
+    """
+
+    mask: Tensor
+
+    def __init__(self, hidden_size: int, max_len: int, cutoff: int) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.beta = nn.Parameter(torch.ones(hidden_size))  # (D,)
+        keep = torch.zeros(max_len // 2 + 1, 1)
+        keep[:cutoff] = 1.0
+        self.register_buffer("mask", keep, persistent=False)  # (L/2 + 1, 1)
+
+    def forward(self, x: Tensor, token_mask: Tensor, last_only: bool = False) -> Tensor:
+        """x: (B, T, D), token_mask: (B, T) -> (B, T, D), or (B, 1, D) with ``last_only``."""
+        seq_len = x.shape[1]
+        x = x * token_mask[..., None].to(x.dtype)  # padding carries no signal
+        window = F.pad(x, (0, 0, self.max_len - seq_len, 0)).float()  # (B, L, D)
+        spectrum = torch.fft.rfft(window, dim=1, norm="ortho") * self.mask
+        low = torch.fft.irfft(spectrum, n=self.max_len, dim=1, norm="ortho")[:, -seq_len:]
+        low = low.to(x.dtype)  # (B, T, D)
+        if last_only:
+            x, low = x[:, -1:], low[:, -1:]
+        return low + self.beta * (x - low)
+
+
+def build_filter(config: ModelConfig) -> CausalFilter | FourierFilter | None:
+    if config.filter_mix == 0:
+        return None
+    if config.filter_kind == "fourier":
+        return FourierFilter(config.hidden_size, config.max_len, config.filter_cutoff)
+    return CausalFilter(config.hidden_size, config.max_len)
+
+
 def build_feed_forward(config: ModelConfig) -> MoEFeedForward | DenseFeedForward:
     """A one-expert model is dense: same width, no router (a 1-expert MoE equals it exactly)."""
     if not config.is_moe:
@@ -180,9 +224,7 @@ class Block(nn.Module):
         self.ffn = build_feed_forward(config)
         self.dropout = Dropout(config.dropout)
         self.filter_mix = config.filter_mix
-        self.filter = (
-            CausalFilter(config.hidden_size, config.max_len) if config.filter_mix > 0 else None
-        )
+        self.filter = build_filter(config)
 
     def forward(
         self, x: Tensor, mask: Tensor, token_mask: Tensor, last_only: bool = False

@@ -129,6 +129,27 @@ def training_examples(train: Sequences, kind: str, max_len: int) -> TrainingExam
     return TrainingExamples(rows, ends, np.ones_like(rows), last_only=True)
 
 
+def length_batches(
+    lengths: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator,
+    chunk_batches: int = 50,
+) -> Iterator[np.ndarray]:
+    """Like ``global_batches`` over ``arange(len(lengths))``, but each batch holds examples of
+    similar length: a fresh seeded order is cut into chunks of ``chunk_batches`` batches,
+    each chunk is sorted by length and cut into batches, and the batches come in random order.
+    Every example still comes once per epoch; what changes is who shares a batch."""
+    order = rng.permutation(lengths.shape[0])
+    chunk = batch_size * chunk_batches
+    batches: list[np.ndarray] = []
+    for start in range(0, order.shape[0], chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i : i + batch_size] for i in range(0, part.shape[0], batch_size)]
+    for index in rng.permutation(len(batches)):
+        yield batches[index]
+
+
 def training_batches(
     train: Sequences, users: np.ndarray, max_len: int, batch_size: int, rng: np.random.Generator
 ) -> Iterator[tuple[Tensor, Tensor]]:
@@ -463,8 +484,13 @@ def _train_epoch(
     total_ce = total_aux = shown = 0.0
     batches = 0
     steps = -(-len(examples) // tc.batch_size)
+    if tc.batch_by_length:
+        lengths = np.minimum(examples.ends - train_set.offsets[examples.rows], config.model.max_len)
+        batch_order = length_batches(lengths, tc.batch_size, rng)
+    else:
+        batch_order = global_batches(np.arange(len(examples)), tc.batch_size, rng)
     bar = tqdm(
-        global_batches(np.arange(len(examples)), tc.batch_size, rng),
+        batch_order,
         total=steps,
         desc=f"epoch {epoch}",
         unit="batch",
