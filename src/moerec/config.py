@@ -98,6 +98,12 @@ class ModelConfig(_Strict):
         "item; 'rotary': RoPE on attention queries and keys, so attention sees only how far "
         "apart two items are; 'none': order only through the causal mask.",
     )
+    embedding_norm: bool = Field(
+        False,
+        description="LayerNorm over each position's summed embeddings before the first block "
+        "(as BERT4Rec, FMLP-Rec and BSARec do), so that item identity enters the residual "
+        "stream at unit scale instead of the embeddings' small initial scale.",
+    )
     filter_mix: float = Field(
         0.0,
         ge=0.0,

@@ -17,7 +17,7 @@ from moerec.training import train
 
 NUM_ITEMS = 40
 MAX_LEN = 12
-NEW_FIELDS = ("position_encoding", "filter_mix", "filter_kind", "filter_cutoff")
+NEW_FIELDS = ("position_encoding", "filter_mix", "filter_kind", "filter_cutoff", "embedding_norm")
 SETTINGS = list(itertools.product(("absolute", "rotary", "none"), (0.0, 0.5)))
 
 
@@ -267,6 +267,26 @@ def test_a_fourier_model_scores_the_same_history_alike_whatever_its_padding():
     seq = histories()
     torch.testing.assert_close(model(seq[1:2, 5:]).hidden[0, -1], model(seq).hidden[1, -1])
     torch.testing.assert_close(model(seq, last_only=True).hidden[:, -1], model(seq).hidden[:, -1])
+
+
+# ------------------------------------------------------------------ embedding norm
+
+
+def test_the_embedding_norm_puts_every_position_at_unit_scale_and_shifts_no_weight():
+    torch.manual_seed(1)
+    plain = SequentialRecommender(model_config())
+    torch.manual_seed(1)
+    normed = SequentialRecommender(model_config(embedding_norm=True))
+    extra = set(normed.state_dict()) - set(plain.state_dict())
+    assert extra == {"embedding_norm.weight", "embedding_norm.bias"}
+    for key, value in plain.state_dict().items():
+        assert torch.equal(value, normed.state_dict()[key]), key
+    seen: list[Tensor] = []
+    normed.blocks[0].register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    normed.eval()(histories())
+    spread = seen[0].std(dim=-1, unbiased=False)  # (B, T): each position's scale
+    torch.testing.assert_close(spread, torch.ones_like(spread), atol=0.05, rtol=0)  # not ~0.03
+    assert not torch.allclose(plain.eval()(histories()).hidden, normed(histories()).hidden)
 
 
 # ------------------------------------------------------------------ older artefacts

@@ -64,6 +64,8 @@ class SequentialRecommender(nn.Module):
             else None
         )
         self.embedding_dropout = Dropout(config.dropout)
+        # A LayerNorm draws no random numbers: its place here shifts no other weight's draw.
+        self.embedding_norm = nn.LayerNorm(config.hidden_size) if config.embedding_norm else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size)
         self.apply(self._init_weights)
@@ -156,6 +158,8 @@ class SequentialRecommender(nn.Module):
             x = x + self.position_embedding(positions)
         if self.time_embeddings is not None and context is not None:
             x = x + self._time_vectors(context, seq_len)
+        if self.embedding_norm is not None:
+            x = self.embedding_norm(x)
         x = self.embedding_dropout(x)
         mask = attention_mask(token_mask)  # (B, 1, T, T)
         aux_loss = x.new_zeros(())
