@@ -6,12 +6,30 @@ from pathlib import Path
 
 import numpy as np
 
-from moerec.config import ExperimentConfig, load_config
+from moerec.config import ExperimentConfig, ModelConfig, load_config
 from moerec.data.dataset import Dataset
 from moerec.data.interactions import Interactions
 from moerec.inference import Recommendation
 from moerec.registry import save_artefact
 from moerec.training import TrainResult
+
+
+def small_model_config(**updates: object) -> ModelConfig:
+    """A small MoE model (40 items, histories up to 10, 4 experts) with ``updates``, validated
+    like a config file (``model_copy`` would skip the checks)."""
+    base = {
+        "num_items": 40,
+        "max_len": 10,
+        "hidden_size": 32,
+        "num_layers": 2,
+        "num_heads": 2,
+        "ffn_hidden_size": 32,
+        "dropout": 0.1,
+        "attention_dropout": 0.1,
+        "moe_num_experts": 4,
+        "moe_top_k": 2,
+    }
+    return ModelConfig.model_validate({**base, **updates})
 
 
 def small_config(**train_overrides: object) -> ExperimentConfig:

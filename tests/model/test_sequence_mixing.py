@@ -9,14 +9,15 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
-from moerec.config import ExperimentConfig, ModelConfig
+from moerec.config import ExperimentConfig
 from moerec.model import SequentialRecommender
 from moerec.model.encoder import CausalFilter, FourierFilter, rotary_tables, rotate
 from moerec.registry import load_artefact, save_artefact
 from moerec.training import train
+from tests.helpers import small_model_config as model_config
 
 NUM_ITEMS = 40
-MAX_LEN = 12
+MAX_LEN = 10  # as small_model_config
 NEW_FIELDS = ("position_encoding", "filter_mix", "filter_kind", "filter_cutoff", "embedding_norm")
 SETTINGS = list(itertools.product(("absolute", "rotary", "none"), (0.0, 0.5)))
 
@@ -24,20 +25,6 @@ SETTINGS = list(itertools.product(("absolute", "rotary", "none"), (0.0, 0.5)))
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
-
-
-def model_config(**updates: object) -> ModelConfig:
-    base = ModelConfig(
-        num_items=NUM_ITEMS,
-        max_len=MAX_LEN,
-        hidden_size=16,
-        num_layers=2,
-        num_heads=2,
-        ffn_hidden_size=16,
-        moe_num_experts=4,
-        moe_top_k=2,
-    )
-    return ModelConfig.model_validate({**base.model_dump(), **updates})  # model_copy skips checks
 
 
 def histories() -> Tensor:
@@ -121,7 +108,7 @@ def test_rotary_scores_depend_only_on_the_distance_between_slots():
         turned_k = rotate(k.expand(1, 1, MAX_LEN, 8), cos, sin)[0, 0, key_slot]
         return turned_q @ turned_k
 
-    torch.testing.assert_close(score(5, 2), score(11, 8))
+    torch.testing.assert_close(score(5, 2), score(9, 6))
     torch.testing.assert_close(score(3, 3), q @ k)  # no distance, no turn
     assert not torch.allclose(score(5, 2), score(5, 4))
 

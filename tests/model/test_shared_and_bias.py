@@ -18,6 +18,7 @@ from moerec.model import MoEFeedForward, Router, SequentialRecommender
 from moerec.model.reference import reference_moe_forward
 from moerec.registry import load_artefact, save_artefact
 from moerec.training import train
+from tests.helpers import small_model_config as model_config
 
 HIDDEN = 16
 FFN = 24
@@ -29,22 +30,6 @@ NEW_FIELDS = ("moe_num_shared_experts", "moe_balance", "moe_bias_update_rate")
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
-
-
-def model_config(**updates: object) -> ModelConfig:
-    base = ModelConfig(
-        num_items=NUM_ITEMS,
-        max_len=MAX_LEN,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        ffn_hidden_size=32,
-        dropout=0.1,
-        attention_dropout=0.1,
-        moe_num_experts=4,
-        moe_top_k=2,
-    )
-    return base.model_copy(update=updates) if updates else base
 
 
 def layer(**kwargs: object) -> MoEFeedForward:
