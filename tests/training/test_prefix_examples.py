@@ -10,7 +10,12 @@ from moerec.data.batching import left_pad
 from moerec.data.sequences import Sequences
 from moerec.model import SequentialRecommender
 from moerec.training import seed_everything, sequence_loss, train
-from moerec.training.trainer import batch_tensors, length_batches, training_examples
+from moerec.training.trainer import (
+    batch_tensors,
+    length_batches,
+    loss_positions,
+    training_examples,
+)
 from tests.helpers import small_config
 
 # Lengths 4, 1, 2 and 6: the one-item user has nothing to predict.
@@ -45,16 +50,28 @@ def test_prefixes_put_a_loss_on_the_same_next_items_as_whole_sequences():
     assert len(pairs(train, "prefixes", 10)) == 3 + 1 + 5
 
 
+def test_with_long_histories_both_predict_the_same_items_and_prefixes_read_further_back():
+    train = sequences()
+    prefixes, whole = pairs(train, "prefixes", 3), pairs(train, "sequences", 3)
+    assert sorted(t for _, t in prefixes) == sorted(t for _, t in whole)
+    assert ((1, 2, 3), 4) in prefixes  # the 3 items before 4
+    assert ((3,), 4) in whole  # the window [3, 4, 5, 6] starts at 3
+    assert len(prefixes) == 3 + 1 + 3
+
+
 def test_each_prefix_ends_with_its_target_and_reads_at_most_max_len_items():
     examples = training_examples(sequences(), "prefixes", max_len=3)
     inputs, targets = batch_tensors(sequences(), examples.rows, 3, examples.ends)
-    assert inputs.shape == (9, 3)
+    assert inputs.shape == (7, 3)
     # The longest user's last prefix: 5 inputs, of which the last 3 are read.
     assert inputs[-1].tolist() == [3, 4, 5]
     assert targets[-1, -1].item() == 6
-    # Its first: one input, one target, left-padded.
-    assert inputs[4].tolist() == [0, 0, 1]
-    assert targets[4, -1].item() == 2
+    # Its first predicts the first target of its 4-item window, 4, from the 3 items before it.
+    assert inputs[4].tolist() == [1, 2, 3]
+    assert targets[4, -1].item() == 4
+    # A short history's first prefix: one input, left-padded.
+    assert inputs[0].tolist() == [0, 0, 5]
+    assert targets[0, -1].item() == 6
 
 
 def test_left_pad_cuts_rows_at_the_given_ends():
@@ -97,7 +114,7 @@ def test_training_on_prefixes_learns(tiny_dataset):
     assert len(losses) == 2
     assert losses[0] > losses[1]
     examples = training_examples(tiny_dataset.split.train, "prefixes", 20)
-    assert len(examples) == int(np.maximum(tiny_dataset.split.train.lengths - 1, 0).sum())
+    assert len(examples) == int(loss_positions(tiny_dataset.split.train, 20).sum())
 
 
 def test_length_batches_cover_every_example_once_in_batches_of_similar_length():

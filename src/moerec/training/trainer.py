@@ -113,19 +113,21 @@ class TrainingExamples:
 
 
 def training_examples(train: Sequences, kind: str, max_len: int) -> TrainingExamples:
-    """``kind`` 'sequences': each user with two or more items, once, every position predicting
-    the next item. 'prefixes': every prefix of each history with an input and a target, the
-    last position predicting, so that each next item is predicted exactly once either way."""
+    """``kind`` 'sequences': each user with two or more items, once: the last max_len + 1
+    items, every position predicting the next item. 'prefixes': one prefix per item those
+    windows predict, ending with it, its last position predicting. Both predict the same items
+    once per epoch; a prefix reads the max_len items before its target, where a position of a
+    window reads only the items since the window's start."""
+    targets = loss_positions(train, max_len)  # (U,) items each user's window predicts
     if kind == "sequences":
         rows = trainable_users(train)
-        tokens = loss_positions(train, max_len)[rows]
-        return TrainingExamples(rows, train.offsets[rows + 1], tokens, last_only=False)
+        return TrainingExamples(rows, train.offsets[rows + 1], targets[rows], last_only=False)
     if kind != "prefixes":
         raise ValueError(f"unknown kind of training examples {kind!r}")
-    targets = np.maximum(train.lengths - 1, 0)  # (U,) prefixes per user
     rows = np.repeat(np.arange(len(train)), targets)  # (n,)
     within = np.arange(rows.shape[0]) - np.repeat(np.cumsum(targets) - targets, targets)
-    ends = train.offsets[rows] + 2 + within  # shortest prefix: one input, one target
+    first_end = train.lengths[rows] - targets[rows] + 1  # the window's first target, included
+    ends = train.offsets[rows] + first_end + within
     return TrainingExamples(rows, ends, np.ones_like(rows), last_only=True)
 
 
