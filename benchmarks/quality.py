@@ -419,12 +419,25 @@ def merge_rows(path: Path, report: dict[str, Any]) -> None:
         temporary.replace(path)
 
 
+def format_changes(overrides: dict[str, Any], code: bool = False) -> str:
+    """``--try``'s overrides as typed on the command line: ``model.embedding_norm=true``."""
+    quote = "`" if code else ""
+    return ", ".join(
+        f"{quote}{key}={json.dumps(value) if isinstance(value, bool) else value}{quote}"
+        for key, value in overrides.items()
+    )
+
+
+def _same_changes(overrides: dict[str, Any]) -> str:
+    """A key that equal overrides share however they were typed (true/True, 0.5/.5)."""
+    return json.dumps(overrides, sort_keys=True)
+
+
 def row_label(row: dict[str, Any]) -> str:
     """'moe', 'dense-active', …; 'moe top-p 0.5', 'moe seed 43' or 'moe model.num_heads=1' in a
     sweep."""
     if "overrides" in row:
-        changes = ", ".join(f"{key}={value}" for key, value in row["overrides"].items())
-        return f"{row['variant']} {changes}"
+        return f"{row['variant']} {format_changes(row['overrides'])}"
     if "top_p" in row:
         return f"moe top-p {row['top_p']:g}"
     if "seed" not in row:
@@ -692,7 +705,7 @@ def _search_section(report: dict[str, Any], plain: dict[str, Any] | None) -> lis
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        change = ", ".join(f"`{key}={value}`" for key, value in row["overrides"].items())
+        change = format_changes(row["overrides"], code=True)
         lines.append(
             f"| {row['variant']} | {change or 'none (frozen config)'} | "
             f"{row['valid']['ndcg@10']:.4f} | {row['valid']['hr@10']:.4f} | "
@@ -700,12 +713,12 @@ def _search_section(report: dict[str, Any], plain: dict[str, Any] | None) -> lis
             f"{row['best_epoch']} | {row['seconds_per_epoch']:.1f} | "
             f"{row['cost']['ffn_flops_per_request'] / 1e6:.2f} |"
         )
-    done = {",".join(f"{k}={v}" for k, v in row["overrides"].items()) for row in rows}
+    done = {_same_changes(row["overrides"]) for row in rows}
     unfinished = [
         change
         for command in commands
         for change in re.findall(r"--try[ =](\S+)", command)
-        if change not in done
+        if _same_changes(_overrides(change)) not in done
     ]
     notes = (
         [f"- Stopped before they finished, so not in the table: {', '.join(unfinished)}."]
@@ -715,7 +728,7 @@ def _search_section(report: dict[str, Any], plain: dict[str, Any] | None) -> lis
     for variant in dict.fromkeys(row["variant"] for row in rows):
         runs = [row for row in rows if row["variant"] == variant]
         best = max(runs, key=lambda row: row["valid"]["ndcg@10"])
-        change = ", ".join(f"{key}={value}" for key, value in best["overrides"].items())
+        change = format_changes(best["overrides"])
         notes.append(
             f"- {variant}: the best validation NDCG@10 is "
             f"{change or 'the frozen config'} ({best['valid']['ndcg@10']:.4f})."

@@ -121,3 +121,17 @@ def test_variants_are_checked_and_kept_in_their_usual_order(capsys):
     assert "unknown variant(s) sasrec; choose from moe,dense-active,dense-params" in (
         capsys.readouterr().err
     )
+
+
+def test_a_finished_try_is_recognised_however_its_values_were_typed():
+    q = quality()
+    search = report(
+        trained_row(
+            "moe", 0.0743, overrides={"model.embedding_norm": True, "model.filter_mix": 0.5}
+        ),
+        command="quality.py --try model.embedding_norm=true,model.filter_mix=.5 "
+        "--try model.embedding_norm=false",
+    )
+    table = "\n".join(q._search_section(search, report()))
+    assert "| moe | `model.embedding_norm=true`, `model.filter_mix=0.5` | 0.0743 |" in table
+    assert "not in the table: model.embedding_norm=false." in table
