@@ -92,8 +92,6 @@ def test_the_last_only_loss_is_the_full_loss_at_the_last_position(tiny_config):
     inputs = torch.tensor([[0, 4, 8, 15], [1, 2, 3, 4]])
     targets = torch.tensor([[0, 8, 15, 16], [2, 3, 4, 5]])
     last, _, _ = sequence_loss(model, inputs, targets, 0.0, last_only=True)
-    only_last_targets = targets.clone()
-    only_last_targets[:, :-1] = 0
     out = model(inputs)
     logits = model.item_logits(out.hidden[:, -1])
     expected = torch.nn.functional.cross_entropy(logits, targets[:, -1] - 1)

@@ -208,8 +208,8 @@ def build_feed_forward(config: ModelConfig) -> MoEFeedForward | DenseFeedForward
 
 
 class Block(nn.Module):
-    """Pre-norm block: x + attn(LN(x)) (mixed with a causal filter when ``filter_mix`` > 0), then
-    x + FFN(LN(x)) on non-padding tokens only."""
+    """Pre-norm block: x + attn(LN(x)) (mixed with a filter of LN(x) when ``filter_mix`` > 0),
+    then x + FFN(LN(x)) on non-padding tokens only."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
