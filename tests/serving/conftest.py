@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from moerec.config import ServiceSettings
 from moerec.data.dataset import Dataset
@@ -52,8 +53,13 @@ class LiveService:
 
 
 def start_server(settings: ServiceSettings) -> uvicorn.Server:
+    return serve_app(create_app(settings))
+
+
+def serve_app(app: FastAPI) -> uvicorn.Server:
+    """Run ``app`` under uvicorn on a free loopback port, in a thread; ``stop_server`` ends it."""
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host="127.0.0.1",
         port=0,
         log_config=None,
