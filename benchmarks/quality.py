@@ -599,11 +599,8 @@ def _speed_section(report: dict[str, Any]) -> list[str]:
 def _dataset_section(report: dict[str, Any]) -> list[str]:
     s = report["stats"]
     cfg = report["config"]["model"]
-    features = report["config"]["model"].get("item_feature_mode", "none") != "none"
     lines = [
-        f"## {report['dataset']} (`{report['source']}`)"
-        + (" with item attributes" if features else "")
-        + (" with time context" if cfg.get("time_context") else "")
+        f"## {report['dataset']} (`{report['source']}`){_setting_title(report)}"
         + _sweep_title(report["rows"]),
         "",
         f"{s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions; "
@@ -691,7 +688,8 @@ def _search_section(report: dict[str, Any], plain: dict[str, Any] | None) -> lis
         if command != report["command"]
     ]
     lines = [
-        f"## {report['dataset']} (`{report['source']}`): hyper-parameter search",
+        f"## {report['dataset']} (`{report['source']}`){_setting_title(report)}: "
+        "hyper-parameter search",
         "",
         "Each row changes the frozen config as shown (no change: this data set's variants "
         "comparison, same seed and epoch cap). Judge on validation NDCG@10; the test columns "
@@ -747,6 +745,15 @@ def _with_variants_run(sweep: dict[str, Any], reports: list[dict[str, Any]]) -> 
         if row.get("from_variants_run")
     ]
     return {**sweep, "rows": [*sweep["rows"], *extra]} if extra else sweep
+
+
+def _setting_title(report: dict[str, Any]) -> str:
+    """What the run adds to the data set's plain config, for a section heading."""
+    model = report["config"]["model"]
+    features = model.get("item_feature_mode", "none") != "none"
+    return (" with item attributes" if features else "") + (
+        " with time context" if model.get("time_context") else ""
+    )
 
 
 def _sweep_title(rows: list[dict[str, Any]]) -> str:

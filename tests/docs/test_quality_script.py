@@ -144,3 +144,13 @@ def test_each_validated_epoch_is_recorded_for_the_row(capsys):
     report_epoch({"epoch": 2, "loss": 8.9, "train_seconds": 6})  # an epoch not validated
     assert curve == [0.01235]
     assert "epoch 2 loss 8.9000 valid ndcg@10 nan" in capsys.readouterr().err
+
+
+def test_a_search_with_item_attributes_says_so_and_is_not_set_against_the_plain_run():
+    q = quality()
+    plain = report(trained_row("moe", 0.0568))
+    search = report(trained_row("moe", 0.0610, overrides={"model.filter_mix": 0.5}))
+    search["config"]["model"]["item_feature_mode"] = "sum"
+    table = "\n".join(q._search_section(search, plain))
+    assert table.startswith("## beauty (`Beauty.txt`) with item attributes: hyper-parameter")
+    assert "frozen config) | 0.0568" not in table  # other settings: not a baseline for these
