@@ -327,7 +327,7 @@ def check_appendable(path: Path, dataset: Dataset, config: ExperimentConfig) -> 
             f"{report.get('data_fingerprint')} against {dataset.fingerprint}); rerun without "
             "--append"
         )
-    theirs, ours = settings(report.get("config", {})), config.to_dict()
+    theirs, ours = settings(report.get("config", {})), recorded_config(config)
     if theirs != ours:
         changed = sorted(
             f"{section}.{key}"
@@ -341,6 +341,16 @@ def check_appendable(path: Path, dataset: Dataset, config: ExperimentConfig) -> 
             f"{', '.join(changed) or 'its sections'}); pass the same --epochs/--seed as its "
             f"command ({report.get('command')}) or rerun without --append"
         )
+
+
+def recorded_config(config: ExperimentConfig) -> dict[str, Any]:
+    """``config`` as a results file keeps it: the attribute file named under ``DATA/`` (the
+    ``--data-root``, as in the recorded command), not by this machine's path."""
+    recorded = config.to_dict()
+    features = recorded["data"].get("item_features")
+    if features:
+        recorded["data"]["item_features"] = "DATA/" + "/".join(Path(features).parts[-2:])
+    return recorded
 
 
 def settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -454,7 +464,7 @@ def _report(
         "source": Path(dataset.source).name,
         "data_fingerprint": dataset.fingerprint,
         "stats": dataset.stats(),
-        "config": config.to_dict(),
+        "config": recorded_config(config),
         "command": command_line(),
         "machine": {
             "cpus": os.cpu_count(),

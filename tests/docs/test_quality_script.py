@@ -154,3 +154,19 @@ def test_a_search_with_item_attributes_says_so_and_is_not_set_against_the_plain_
     table = "\n".join(q._search_section(search, plain))
     assert table.startswith("## beauty (`Beauty.txt`) with item attributes: hyper-parameter")
     assert "frozen config) | 0.0568" not in table  # other settings: not a baseline for these
+
+
+def test_a_results_file_names_the_attribute_file_under_data_not_by_this_machines_path():
+    q = quality()
+    config = q.load_config(
+        ROOT / "configs" / "quality-beauty.yaml",
+        {"data.item_features": "/srv/datasets/amazon-beauty/Beauty_item2attributes.json"},
+    )
+    recorded = q.recorded_config(config)
+    assert recorded["data"]["item_features"] == "DATA/amazon-beauty/Beauty_item2attributes.json"
+    assert (
+        q.recorded_config(q.load_config(ROOT / "configs" / "quality-beauty.yaml"))["data"][
+            "item_features"
+        ]
+        is None
+    )
