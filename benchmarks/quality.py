@@ -50,7 +50,7 @@ from moerec.evaluation import evaluate_popularity
 from moerec.evaluation.cost import measure_cost
 from moerec.runtime import active_allocator, reexec_with_jemalloc
 from moerec.training import train
-from quality_reports import seed_runs, variants_run
+from quality_reports import feature_mode, seed_runs, variants_run
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS: dict[str, dict[str, str]] = {
@@ -759,10 +759,9 @@ def _with_variants_run(sweep: dict[str, Any], reports: list[dict[str, Any]]) -> 
 
 def _setting_title(report: dict[str, Any]) -> str:
     """What the run adds to the data set's plain config, for a section heading."""
-    model = report["config"]["model"]
-    features = model.get("item_feature_mode", "none") != "none"
-    return (" with item attributes" if features else "") + (
-        " with time context" if model.get("time_context") else ""
+    mode = feature_mode(report)  # what keeps reports apart also names them
+    return (" with item attributes" if not mode.startswith("none") else "") + (
+        " with time context" if mode.endswith("+time") else ""
     )
 
 
