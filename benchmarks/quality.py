@@ -336,10 +336,17 @@ def check_appendable(path: Path, dataset: Dataset, config: ExperimentConfig) -> 
             for key, value in values.items()
             if theirs.get(section, {}).get(key) != value
         )
+        if set(changed) <= RUN_OPTIONS:
+            remedy = f"pass the same options as its command ({report.get('command')})"
+        else:  # the frozen config changed since: the file's rows cannot take new ones
+            remedy = (
+                f"the frozen config changed since it was written, so start a new file: "
+                f"move it aside (git mv {path.name} {path.stem}-until-"
+                f"{report.get('measured_at')}.json; it still renders)"
+            )
         raise SystemExit(
             f"--append: {path} was measured with another config (differs in: "
-            f"{', '.join(changed) or 'its sections'}); pass the same --epochs/--seed as its "
-            f"command ({report.get('command')}) or rerun without --append"
+            f"{', '.join(changed) or 'its sections'}); {remedy}, or rerun without --append"
         )
 
 
@@ -360,6 +367,52 @@ def settings(config: dict[str, Any]) -> dict[str, Any]:
         return ExperimentConfig.model_validate(config).to_dict()
     except ValidationError:
         return config
+
+
+# Set per run by a quality.py flag, not by the frozen config: no sign of an older config.
+RUN_OPTIONS = {
+    "train.epochs",
+    "train.seed",
+    "model.time_context",
+    "data.item_features",
+    "model.item_feature_mode",
+}
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_drift(report: dict[str, Any]) -> list[str]:
+    """The settings in which ``report``'s config differs from its data set's frozen config as
+    it is now, so that a section measured before the frozen config changed says so."""
+    spec = DATASETS.get(report["dataset"])
+    if spec is None:
+        return []
+    now = _flat(load_config(REPO / spec["config"]).to_dict())
+    then = _flat(settings(report["config"]))
+    return [
+        f"`{key}: {json.dumps(value)}` (here {json.dumps(then.get(key))})"
+        for key, value in now.items()
+        if key not in RUN_OPTIONS and then.get(key) != value
+    ]
+
+
+def _drift_note(report: dict[str, Any], consequence: str) -> list[str]:
+    drift = config_drift(report)
+    if not drift:
+        return []
+    return [
+        "",
+        f"Measured before the frozen config changed: `{DATASETS[report['dataset']]['config']}` "
+        f"now sets {', '.join(drift)}. {consequence}",
+    ]
 
 
 def run_dataset(
@@ -624,6 +677,10 @@ def _dataset_section(report: dict[str, Any]) -> list[str]:
             for row in report["rows"]
             if row.get("command", report["command"]) != report["command"]
         ),
+        *_drift_note(
+            report,
+            "These rows stand as measured; the command above now measures the current config.",
+        ),
         "",
         "| variant | " + " | ".join(HEADLINE) + " | best epoch | s/epoch | params | "
         "active params/token | FFN MFLOPs/request | MFLOPs/request |",
@@ -707,6 +764,7 @@ def _search_section(report: dict[str, Any], plain: dict[str, Any] | None) -> lis
         "else ran, so they compare only rows made side by side. Measured "
         f"{report['measured_at']} on {report['machine']['cpus']} CPU cores: "
         + "; ".join(f"`{command}`" for command in commands),
+        *_drift_note(report, "Each try changed the config as it was then."),
         "",
         "| variant | change | valid NDCG@10 | valid HR@10 | test NDCG@10 | test HR@10 | "
         "best epoch | s/epoch | FFN MFLOPs/request |",

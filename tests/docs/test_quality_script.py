@@ -170,3 +170,47 @@ def test_a_results_file_names_the_attribute_file_under_data_not_by_this_machines
         ]
         is None
     )
+
+
+def test_a_section_measured_before_the_frozen_config_changed_says_how_it_differs():
+    q = quality()
+    frozen = q.load_config(ROOT / "configs" / "quality-beauty.yaml")
+    current = report(trained_row("moe", 0.06))
+    current["config"] = q.recorded_config(
+        q.load_config(ROOT / "configs" / "quality-beauty.yaml", {"train.epochs": 100})
+    )
+    assert q.config_drift(current) == []  # per-run flags are no drift
+    older = report(trained_row("moe", 0.06, overrides={"model.filter_mix": 0.3}))
+    older["config"] = q.recorded_config(
+        q.load_config(ROOT / "configs" / "quality-beauty.yaml", {"model.num_heads": 4})
+    )
+    note = "\n".join(q._search_section(older, None))
+    assert (
+        "Measured before the frozen config changed: `configs/quality-beauty.yaml` now sets "
+        f"`model.num_heads: {frozen.model.num_heads}` (here 4)." in note
+    )
+
+
+def test_appending_to_a_file_from_an_older_frozen_config_says_how_to_start_a_new_one(tmp_path):
+    q = quality()
+    config = q.load_config(ROOT / "configs" / "quality-beauty.yaml")
+    dataset = q.dataset_from_interactions(
+        q.generate_interactions(num_users=30, num_items=20, seed=1), config.data
+    )
+    path = tmp_path / "quality-beauty-search.json"
+    older = {
+        **report(),
+        "data_fingerprint": dataset.fingerprint,
+        "config": q.recorded_config(q.with_changes(config, {"model.num_heads": 4})),
+    }
+    path.write_text(json.dumps(older))
+    with pytest.raises(
+        SystemExit,
+        match=r"differs in: model\.num_heads\).*git mv "
+        r"quality-beauty-search\.json quality-beauty-search-until-2026-12-05\.json",
+    ):
+        q.check_appendable(path, dataset, config)
+    with pytest.raises(SystemExit, match="pass the same options as its command"):
+        q.check_appendable(
+            path, dataset, q.with_changes(config, {"model.num_heads": 4, "train.seed": 3})
+        )
