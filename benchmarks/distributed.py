@@ -21,7 +21,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from typing import Any
 
 import torch
 
+from machine import machine_info
 from moerec.config import load_config, parse_overrides
 from moerec.data.dataset import load_dataset
 from moerec.data.synthetic import generate_interactions, write_csv
@@ -62,11 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     base = rows[0]["sequences_per_s"]
     report = {
         "command": command_line(argv if argv is not None else sys.argv[1:], args.data),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(),
         "measured_at": time.strftime("%Y-%m-%d"),
         "data": data.name if args.data else "synthetic",
         "global_batch_size": config.train.batch_size,

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
-import os
-import platform
 import re
 import sys
 import time
@@ -33,6 +31,7 @@ import torch
 from pydantic import ValidationError
 
 import docs_section
+from machine import machine_info
 from moerec.config import (
     VARIANTS,
     ConfigError,
@@ -520,10 +519,8 @@ def _report(
         "config": recorded_config(config),
         "command": command_line(),
         "machine": {
-            "cpus": os.cpu_count(),
+            **machine_info(),
             "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
             "allocator": active_allocator(),
         },
         "measured_at": time.strftime("%Y-%m-%d"),
@@ -628,12 +625,27 @@ def render_markdown(results_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _machine_words(machine: dict[str, Any]) -> str:
+    """ "2 CPU cores (AMD EPYC, AVX2 kernels; torch 2.13.0+cpu)"; older files lack the processor."""
+    processor = ", ".join(
+        part
+        for part in (
+            machine.get("cpu_model"),
+            machine.get("cpu_capability") and f"{machine['cpu_capability']} kernels",
+        )
+        if part
+    )
+    torch_version = machine.get("torch") and f"torch {machine['torch']}"
+    described = "; ".join(filter(None, (processor, torch_version)))
+    return f"{machine['cpus']} CPU cores" + (f" ({described})" if described else "")
+
+
 def _speed_section(report: dict[str, Any]) -> list[str]:
     lines = [
         "## Speed and memory (`benchmarks/speed.py`)",
         "",
-        f"Measured {report['measured_at']} on {report['machine']['cpus']} CPU cores "
-        f"(torch {report['machine']['torch']}): `{report['command']}`. Training step: median "
+        f"Measured {report['measured_at']} on {_machine_words(report['machine'])}: "
+        f"`{report['command']}`. Training step: median "
         "over real batches; latency: one user's top-10 request through the predictor "
         "(last position only in the final block); 32 clients: concurrent requests through the "
         "micro-batcher (max batch 32, max wait 2 ms); peak memory: the whole process.",
@@ -670,8 +682,8 @@ def _dataset_section(report: dict[str, Any]) -> list[str]:
         f"max length {cfg['max_len']}, hidden {cfg['hidden_size']}, {cfg['num_layers']} layers, "
         f"{cfg['moe_num_experts']} experts × {cfg['ffn_hidden_size']} wide, "
         f"top-{cfg['moe_top_k']}.",
-        f"Measured {report['measured_at']} on {report['machine']['cpus']} CPU cores "
-        f"(torch {report['machine']['torch']}): `{report['command']}`"
+        f"Measured {report['measured_at']} on {_machine_words(report['machine'])}: "
+        f"`{report['command']}`"
         + "".join(
             f"; {row_label(row)} added {row.get('measured_at', '')} by `{row['command']}`"
             for row in report["rows"]
@@ -762,7 +774,7 @@ def _search_section(report: dict[str, Any], plain: dict[str, Any] | None) -> lis
         "comparison, same seed and epoch cap). Judge on validation NDCG@10; the test columns "
         "are shown, not used to choose. Seconds per epoch depend on the threads and on what "
         "else ran, so they compare only rows made side by side. Measured "
-        f"{report['measured_at']} on {report['machine']['cpus']} CPU cores: "
+        f"{report['measured_at']} on {_machine_words(report['machine'])}: "
         + "; ".join(f"`{command}`" for command in commands),
         *_drift_note(report, "Each try changed the config as it was then."),
         "",

@@ -27,6 +27,7 @@ Run it with nothing else on the machine: the figures are wall-clock times.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -42,6 +43,7 @@ import numpy as np
 import torch
 
 import docs_section
+from machine import machine_info
 from moerec.config import EvalConfig, ExperimentConfig, ModelConfig, TrainConfig
 from moerec.data.sequences import Sequences
 from moerec.data.split import EvalSet
@@ -178,7 +180,7 @@ def run_all(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     started = time.perf_counter()
     report: dict[str, Any] = {
         "command": " ".join(["python benchmarks/scale.py", *argv]),
-        "machine": machine_info(),
+        "machine": scale_machine_info(),
         "measured_at": time.strftime("%Y-%m-%d"),
         "tiny": args.tiny,
         "torch_threads": 1,
@@ -230,25 +232,12 @@ def _log(message: str) -> None:
     print(f"[scale] {message}", file=sys.stderr, flush=True)
 
 
-def machine_info() -> dict[str, Any]:
+def scale_machine_info() -> dict[str, Any]:
+    """The shared machine record plus memory and OS, which bound this benchmark's sizes."""
     memory_gb = None
-    processor = platform.processor() or platform.machine()
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as f:
-            memory_gb = round(int(f.readline().split()[1]) / 1024**2, 1)
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        processor = names[0] if names else processor
-    except OSError:
-        pass
-    return {
-        "cpus": os.cpu_count(),
-        "processor": processor,
-        "memory_gb": memory_gb,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "os": platform.platform(terse=True),
-    }
+    with contextlib.suppress(OSError), open("/proc/meminfo", encoding="utf-8") as f:
+        memory_gb = round(int(f.readline().split()[1]) / 1024**2, 1)
+    return {**machine_info(), "memory_gb": memory_gb, "os": platform.platform(terse=True)}
 
 
 # --------------------------------------------------------------------------- data and models
@@ -479,6 +468,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def render_section(report: dict[str, Any]) -> str:
     m = report["machine"]
+    cpu = m.get("cpu_model") or m["processor"]  # "processor" in files from before 2026-12
     train_rows = [
         [
             r["loss"], _n(r["items"]), _n(r["users"]), str(r["max_len"]),
@@ -523,7 +513,7 @@ def render_section(report: dict[str, Any]) -> str:
 Synthetic catalogues up to 1,000,000 items and 1,000,000 users (Zipf-like item popularity,
 geometric history lengths; no sequential pattern, so only cost is measured). The default model
 (hidden 64, 2 layers, 8 experts top-2), one torch thread, each measurement in a fresh process.
-Machine: {m["cpus"]} CPU cores ({m["processor"]}), {m["memory_gb"]} GB RAM, torch {m["torch"]},
+Machine: {m["cpus"]} CPU cores ({cpu}), {m["memory_gb"]} GB RAM, torch {m["torch"]},
 Python {m["python"]}; measured {report["measured_at"]}, {report["seconds"]:.0f} s in all;
 load average (1, 5, 15 min) {load(report, "start")} at the start, {load(report, "end")} at the end
 (above 1 the measurement shared the cores with other work).

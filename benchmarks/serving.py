@@ -58,6 +58,7 @@ from urllib.parse import quote
 import numpy as np
 
 import docs_section
+from machine import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 LUA_SCRIPT = REPO / "benchmarks" / "wrk" / "users.lua"
@@ -532,20 +533,9 @@ def cpu_speed() -> float:
 
 
 def _machine(wrk: str) -> dict[str, Any]:
-    import torch
-
-    cpu_model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
     version = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
     return {
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
+        **machine_info(),
         "kernel": platform.release(),
         "wrk": " ".join((version.stdout or version.stderr).split()[:2]),
     }

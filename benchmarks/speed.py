@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from machine import machine_info
 from moerec.config import VARIANTS, load_config, resolve_variant
 from moerec.data.dataset import dataset_from_interactions, load_dataset
 from moerec.data.synthetic import generate_interactions
@@ -58,11 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run_worker(args, variant, allocator))
     report = {
         "command": command_line(argv or sys.argv[1:], args.data),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(),
         "measured_at": time.strftime("%Y-%m-%d"),
         "rows": rows,
     }

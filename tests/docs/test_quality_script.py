@@ -214,3 +214,11 @@ def test_appending_to_a_file_from_an_older_frozen_config_says_how_to_start_a_new
         q.check_appendable(
             path, dataset, q.with_changes(config, {"model.num_heads": 4, "train.seed": 3})
         )
+
+
+def test_a_section_names_the_processor_and_kernels_when_its_file_recorded_them():
+    q = quality()
+    machine = {"cpus": 2, "torch": "2.13.0+cpu"}
+    assert q._machine_words(machine) == "2 CPU cores (torch 2.13.0+cpu)"
+    machine |= {"cpu_model": "AMD EPYC", "cpu_capability": "AVX2"}
+    assert q._machine_words(machine) == "2 CPU cores (AMD EPYC, AVX2 kernels; torch 2.13.0+cpu)"
