@@ -104,6 +104,11 @@ class ModelConfig(_Strict):
         "(as BERT4Rec, FMLP-Rec and BSARec do), so that item identity enters the residual "
         "stream at unit scale instead of the embeddings' small initial scale.",
     )
+    block_norm: Literal["pre", "post"] = Field(
+        "pre",
+        description="'pre': x + f(LN(x)) in every block and one LayerNorm after the last (GPT-2, "
+        "SASRec); 'post': LN(x + f(x)) and no final norm (BERT, FMLP-Rec, DuoRec, BSARec).",
+    )
     filter_mix: float = Field(
         0.0,
         ge=0.0,

@@ -18,7 +18,14 @@ from tests.helpers import small_model_config as model_config
 
 NUM_ITEMS = 40
 MAX_LEN = 10  # as small_model_config
-NEW_FIELDS = ("position_encoding", "filter_mix", "filter_kind", "filter_cutoff", "embedding_norm")
+NEW_FIELDS = (
+    "position_encoding",
+    "filter_mix",
+    "filter_kind",
+    "filter_cutoff",
+    "embedding_norm",
+    "block_norm",
+)
 SETTINGS = list(itertools.product(("absolute", "rotary", "none"), (0.0, 0.5)))
 
 
@@ -74,14 +81,21 @@ def test_left_padding_changes_nothing(position_encoding, filter_mix):
     torch.testing.assert_close(model(seq[2:3, -1:]).hidden[0], model(seq).hidden[2, -1:])
 
 
-@pytest.mark.parametrize(("position_encoding", "filter_mix"), SETTINGS)
+@pytest.mark.parametrize(
+    ("position_encoding", "filter_mix", "block_norm"),
+    [(*setting, "pre") for setting in SETTINGS] + [("absolute", 0.5, "post")],
+)
 def test_training_and_artefact_round_trip(
-    position_encoding, filter_mix, tiny_dataset, tiny_config, tmp_path
+    position_encoding, filter_mix, block_norm, tiny_dataset, tiny_config, tmp_path
 ):
     config = tiny_config.model_copy(
         update={
             "model": tiny_config.model.model_copy(
-                update={"position_encoding": position_encoding, "filter_mix": filter_mix}
+                update={
+                    "position_encoding": position_encoding,
+                    "filter_mix": filter_mix,
+                    "block_norm": block_norm,
+                }
             ),
             "train": tiny_config.train.model_copy(update={"epochs": 1}),
         }
@@ -274,6 +288,41 @@ def test_the_embedding_norm_puts_every_position_at_unit_scale_and_shifts_no_weig
     spread = seen[0].std(dim=-1, unbiased=False)  # (B, T): each position's scale
     torch.testing.assert_close(spread, torch.ones_like(spread), atol=0.05, rtol=0)  # not ~0.03
     assert not torch.allclose(plain.eval()(histories()).hidden, normed(histories()).hidden)
+
+
+# ------------------------------------------------------------------ post-norm blocks
+
+
+@pytest.mark.parametrize("filter_mix", [0.0, 0.5])
+def test_post_norm_blocks_stay_causal_and_end_each_block_at_unit_scale(filter_mix):
+    torch.manual_seed(1)
+    pre = SequentialRecommender(model_config(filter_mix=filter_mix))
+    torch.manual_seed(1)
+    post = SequentialRecommender(model_config(filter_mix=filter_mix, block_norm="post")).eval()
+    # The same layers drawn the same way; only the final norm goes (the blocks end normalised).
+    assert set(pre.state_dict()) - set(post.state_dict()) == {
+        "final_norm.weight",
+        "final_norm.bias",
+    }
+    for key, value in post.state_dict().items():
+        assert torch.equal(value, pre.state_dict()[key]), key
+
+    seq = histories()
+    changed = seq.clone()
+    changed[:, 8:] = torch.randint(1, NUM_ITEMS + 1, (3, MAX_LEN - 8))
+    before, after = post(seq).hidden, post(changed).hidden
+    torch.testing.assert_close(before[0, :8], after[0, :8])
+    assert not torch.allclose(before[0, 8:], after[0, 8:])
+    torch.testing.assert_close(post(seq, last_only=True).hidden[:, -1], before[:, -1])
+
+    outputs: list[Tensor] = []
+    for block in post.blocks:
+        block.register_forward_hook(lambda _, __, out: outputs.append(out[0]))
+    post(seq)
+    for out in outputs:  # LN(x + FFN(x)) with the gains at 1: every position at unit scale
+        spread = out.std(dim=-1, unbiased=False)
+        torch.testing.assert_close(spread, torch.ones_like(spread), atol=1e-3, rtol=0)
+    assert not torch.allclose(pre.eval()(seq).hidden, before)
 
 
 # ------------------------------------------------------------------ older artefacts

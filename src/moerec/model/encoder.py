@@ -209,7 +209,8 @@ def build_feed_forward(config: ModelConfig) -> MoEFeedForward | DenseFeedForward
 
 class Block(nn.Module):
     """Pre-norm block: x + attn(LN(x)) (mixed with a filter of LN(x) when ``filter_mix`` > 0),
-    then x + FFN(LN(x)) on non-padding tokens only."""
+    then x + FFN(LN(x)) on non-padding tokens only. Post-norm (``block_norm: post``):
+    LN(x + attn(x)), then LN(x + FFN(x)), the same layers in another order."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -225,6 +226,7 @@ class Block(nn.Module):
         self.dropout = Dropout(config.dropout)
         self.filter_mix = config.filter_mix
         self.filter = build_filter(config)
+        self.post_norm = config.block_norm == "post"
 
     def forward(
         self, x: Tensor, mask: Tensor, token_mask: Tensor, last_only: bool = False
@@ -233,16 +235,19 @@ class Block(nn.Module):
 
         With ``last_only`` the block computes the last position alone: -> (B, 1, D).
         """
-        normed = self.norm_attn(x)
-        attended = self.attn(normed, mask, last_only)  # (B, T or 1, D)
+        mixed = x if self.post_norm else self.norm_attn(x)
+        attended = self.attn(mixed, mask, last_only)  # (B, T or 1, D)
         if self.filter is not None:
-            filtered = self.filter(normed, token_mask, last_only)  # (B, T or 1, D)
+            filtered = self.filter(mixed, token_mask, last_only)  # (B, T or 1, D)
             attended = (1 - self.filter_mix) * attended + self.filter_mix * filtered
         if last_only:
             x, token_mask = x[:, -1:], token_mask[:, -1:]
         x = x + self.dropout(attended)
-        tokens = self.norm_ffn(x)[token_mask]  # (N, D): experts never see padding
+        if self.post_norm:
+            x = self.norm_attn(x)
+        tokens = (x if self.post_norm else self.norm_ffn(x))[token_mask]  # (N, D): no padding
         y, stats = self.ffn(tokens)  # (N, D)
         update = x.new_zeros(x.shape)  # (B, T, D)
         update[token_mask] = y
-        return x + self.dropout(update), stats
+        x = x + self.dropout(update)
+        return (self.norm_ffn(x) if self.post_norm else x), stats

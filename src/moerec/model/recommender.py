@@ -67,7 +67,10 @@ class SequentialRecommender(nn.Module):
         # A LayerNorm draws no random numbers: its place here shifts no other weight's draw.
         self.embedding_norm = nn.LayerNorm(config.hidden_size) if config.embedding_norm else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
-        self.final_norm = nn.LayerNorm(config.hidden_size)
+        # Post-norm blocks end normalised already (as BERT's do), so they get no final norm.
+        self.final_norm = (
+            nn.LayerNorm(config.hidden_size) if config.block_norm == "pre" else nn.Identity()
+        )
         self.apply(self._init_weights)
         # Built after the other weights are drawn, so that with the same seed every weight the
         # feature-free model has is drawn identically: the two differ only by the features.
