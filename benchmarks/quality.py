@@ -326,15 +326,9 @@ def check_appendable(path: Path, dataset: Dataset, config: ExperimentConfig) -> 
             f"{report.get('data_fingerprint')} against {dataset.fingerprint}); rerun without "
             "--append"
         )
-    theirs, ours = settings(report.get("config", {})), recorded_config(config)
+    theirs, ours = _flat(settings(report.get("config", {}))), _flat(recorded_config(config))
     if theirs != ours:
-        changed = sorted(
-            f"{section}.{key}"
-            for section, values in ours.items()
-            if isinstance(values, dict)
-            for key, value in values.items()
-            if theirs.get(section, {}).get(key) != value
-        )
+        changed = sorted(key for key, value in ours.items() if theirs.get(key) != value)
         if set(changed) <= RUN_OPTIONS:
             remedy = f"pass the same options as its command ({report.get('command')})"
         else:  # the frozen config changed since: the file's rows cannot take new ones
