@@ -601,22 +601,43 @@ def splice_section(text: str, section: str) -> str:
 def render_markdown(results_dir: Path) -> str:
     """The quality and speed tables from every quality-*.json and speed.json in ``results_dir``."""
     lines: list[str] = []
-    reports = [
-        json.loads(path.read_text(encoding="utf-8"))
-        for path in sorted(results_dir.glob("quality-*.json"))
-    ]
-    reports = [report for report in reports if report["dataset"] != "tiny"]
-    for report in reports:
+    files = {
+        path: json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(results_dir.glob("quality-*.json"), key=_current_first)
+    }
+    files = {path: report for path, report in files.items() if report["dataset"] != "tiny"}
+    reports = list(files.values())
+    for path, report in files.items():
+        retired = _retired_title(path)
         if any("overrides" in row for row in report["rows"]):
-            lines += _search_section(report, variants_run(reports, report))
+            lines += _search_section(report, variants_run(reports, report), retired)
             continue
         if any("seed" in row for row in report["rows"]):
             report = _with_variants_run(report, reports)
-        lines += _dataset_section(report)
+        lines += _dataset_section(report, retired)
     speed = results_dir / "speed.json"
     if speed.is_file():
         lines += _speed_section(json.loads(speed.read_text(encoding="utf-8")))
     return "\n".join(lines) + "\n"
+
+
+def _retired_title(path: Path) -> str:
+    """A file moved aside when the frozen config changed (quality-X-until-DATE.json) says so in
+    its heading, so that it and its successor are told apart at a glance."""
+    until = RETIRED.search(path.stem)
+    return f" (frozen config until {until[1]})" if until else ""
+
+
+RETIRED = re.compile(r"-until-(\d{4}-\d{2}-\d{2})$")
+
+
+def _current_first(path: Path) -> tuple[str, int]:
+    """Sort key: retired files (quality-X-until-DATE) right after the one that replaced them,
+    newest first."""
+    until = RETIRED.search(path.stem)
+    if until is None:
+        return path.stem, -(10**9)
+    return path.stem[: until.start()], -int(until[1].replace("-", ""))
 
 
 def _machine_words(machine: dict[str, Any]) -> str:
@@ -665,12 +686,13 @@ def _speed_section(report: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def _dataset_section(report: dict[str, Any]) -> list[str]:
+def _dataset_section(report: dict[str, Any], retired: str = "") -> list[str]:
     s = report["stats"]
     cfg = report["config"]["model"]
     lines = [
         f"## {report['dataset']} (`{report['source']}`){_setting_title(report)}"
-        + _sweep_title(report["rows"]),
+        + _sweep_title(report["rows"])
+        + retired,
         "",
         f"{s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions; "
         f"max length {cfg['max_len']}, hidden {cfg['hidden_size']}, {cfg['num_layers']} layers, "
@@ -744,7 +766,9 @@ def _comparison(rows: list[dict[str, Any]], max_epochs: int) -> list[str]:
     return notes
 
 
-def _search_section(report: dict[str, Any], plain: dict[str, Any] | None) -> list[str]:
+def _search_section(
+    report: dict[str, Any], plain: dict[str, Any] | None, retired: str = ""
+) -> list[str]:
     """A hyper-parameter search: each try against the frozen config's own run (from the
     variants comparison, when it has the same settings), judged on validation NDCG@10."""
     rows = [row for row in report["rows"] if "overrides" in row]
@@ -762,7 +786,7 @@ def _search_section(report: dict[str, Any], plain: dict[str, Any] | None) -> lis
     ]
     lines = [
         f"## {report['dataset']} (`{report['source']}`){_setting_title(report)}: "
-        "hyper-parameter search",
+        f"hyper-parameter search{retired}",
         "",
         "Each row changes the frozen config as shown (no change: this data set's variants "
         "comparison, same seed and epoch cap). Judge on validation NDCG@10; the test columns "

@@ -222,3 +222,17 @@ def test_a_section_names_the_processor_and_kernels_when_its_file_recorded_them()
     assert q._machine_words(machine) == "2 CPU cores (torch 2.13.0+cpu)"
     machine |= {"cpu_model": "AMD EPYC", "cpu_capability": "AVX2"}
     assert q._machine_words(machine) == "2 CPU cores (AMD EPYC, AVX2 kernels; torch 2.13.0+cpu)"
+
+
+def test_a_file_moved_aside_when_the_config_changed_is_titled_apart_from_its_successor(tmp_path):
+    q = quality()
+    search = report(trained_row("moe", 0.06, overrides={"model.filter_mix": 0.3}))
+    search["stats"] = {"users": 3, "items": 4, "interactions": 12}
+    (tmp_path / "quality-beauty-search.json").write_text(json.dumps(search))
+    (tmp_path / "quality-beauty-search-until-2026-12-05.json").write_text(json.dumps(search))
+
+    headings = [line for line in q.render_markdown(tmp_path).splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## beauty (`Beauty.txt`): hyper-parameter search",
+        "## beauty (`Beauty.txt`): hyper-parameter search (frozen config until 2026-12-05)",
+    ]
