@@ -382,19 +382,34 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _changed_since(report: dict[str, Any], overrides: dict[str, Any]) -> dict[str, tuple]:
+    """{setting: (now, then)} where the data set's frozen config as it is now differs from
+    ``report``'s config with ``overrides`` applied; per-run options are not counted."""
+    spec = DATASETS.get(report["dataset"])
+    if spec is None:
+        return {}
+    now = _flat(load_config(REPO / spec["config"]).to_dict())
+    then = _flat(settings(report["config"])) | overrides
+    return {
+        key: (value, then.get(key))
+        for key, value in now.items()
+        if key not in RUN_OPTIONS and then.get(key) != value
+    }
+
+
 def config_drift(report: dict[str, Any]) -> list[str]:
     """The settings in which ``report``'s config differs from its data set's frozen config as
     it is now, so that a section measured before the frozen config changed says so."""
-    spec = DATASETS.get(report["dataset"])
-    if spec is None:
-        return []
-    now = _flat(load_config(REPO / spec["config"]).to_dict())
-    then = _flat(settings(report["config"]))
     return [
-        f"`{key}: {json.dumps(value)}` (here {json.dumps(then.get(key))})"
-        for key, value in now.items()
-        if key not in RUN_OPTIONS and then.get(key) != value
+        f"`{key}: {json.dumps(now)}` (here {json.dumps(then)})"
+        for key, (now, then) in _changed_since(report, {}).items()
     ]
+
+
+def is_frozen_now(report: dict[str, Any], overrides: dict[str, Any]) -> bool:
+    """Whether a try made before the frozen config changed is what the frozen config is now
+    (the try that was adopted), so its row stands for the current config."""
+    return bool(config_drift(report)) and not _changed_since(report, overrides)
 
 
 def _drift_note(report: dict[str, Any], consequence: str) -> list[str]:
@@ -802,6 +817,8 @@ def _search_section(
     ]
     for row in rows:
         change = format_changes(row["overrides"], code=True)
+        if change and is_frozen_now(report, row["overrides"]):
+            change += " (the frozen config now)"
         lines.append(
             f"| {row['variant']} | {change or 'none (frozen config)'} | "
             f"{row['valid']['ndcg@10']:.4f} | {row['valid']['hr@10']:.4f} | "

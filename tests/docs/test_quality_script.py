@@ -236,3 +236,34 @@ def test_a_file_moved_aside_when_the_config_changed_is_titled_apart_from_its_suc
         "## beauty (`Beauty.txt`): hyper-parameter search",
         "## beauty (`Beauty.txt`): hyper-parameter search (frozen config until 2026-12-05)",
     ]
+
+
+def test_a_try_the_frozen_config_has_since_adopted_is_marked_as_the_current_config():
+    q = quality()
+    frozen = q.load_config(ROOT / "configs" / "quality-beauty.yaml")
+    before = "pre" if frozen.model.block_norm == "post" else "post"
+    adopted = {"model.block_norm": frozen.model.block_norm}
+    older = report(
+        trained_row("moe", 0.06, overrides=adopted),
+        trained_row("moe", 0.05, overrides={**adopted, "train.seed": 43}),
+        trained_row("moe", 0.04, overrides={**adopted, "model.num_heads": 4}),
+    )
+    older["config"] = q.recorded_config(
+        q.load_config(ROOT / "configs" / "quality-beauty.yaml", {"model.block_norm": before})
+    )
+    assert q.is_frozen_now(older, adopted)
+    assert q.is_frozen_now(older, {**adopted, "train.seed": 43})  # a per-run option
+    assert not q.is_frozen_now(older, {**adopted, "model.num_heads": 4})
+    assert not q.is_frozen_now(older, {})
+
+    changes = [line.split(" | ")[1] for line in q._search_section(older, None) if "| moe |" in line]
+    norm = f"`model.block_norm={frozen.model.block_norm}`"
+    assert changes == [
+        f"{norm} (the frozen config now)",
+        f"{norm}, `train.seed=43` (the frozen config now)",
+        f"{norm}, `model.num_heads=4`",
+    ]
+
+    current = report(trained_row("moe", 0.06, overrides={"model.num_heads": 4}))
+    current["config"] = q.recorded_config(frozen)
+    assert not q.is_frozen_now(current, {})  # the plain run is "none (frozen config)" already
