@@ -409,7 +409,7 @@ def config_drift(report: dict[str, Any]) -> list[str]:
 def is_frozen_now(report: dict[str, Any], overrides: dict[str, Any]) -> bool:
     """Whether a try made before the frozen config changed is what the frozen config is now
     (the try that was adopted), so its row stands for the current config."""
-    return bool(config_drift(report)) and not _changed_since(report, overrides)
+    return bool(_changed_since(report, {})) and not _changed_since(report, overrides)
 
 
 def _drift_note(report: dict[str, Any], consequence: str) -> list[str]:
@@ -636,14 +636,14 @@ def render_markdown(results_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+RETIRED = re.compile(r"-until-(\d{4}-\d{2}-\d{2})$")
+
+
 def _retired_title(path: Path) -> str:
     """A file moved aside when the frozen config changed (quality-X-until-DATE.json) says so in
     its heading, so that it and its successor are told apart at a glance."""
     until = RETIRED.search(path.stem)
     return f" (frozen config until {until[1]})" if until else ""
-
-
-RETIRED = re.compile(r"-until-(\d{4}-\d{2}-\d{2})$")
 
 
 def _current_first(path: Path) -> tuple[str, int]:
