@@ -815,12 +815,13 @@ def _search_section(
         "best epoch | s/epoch | FFN MFLOPs/request |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    unchanged = "none (the frozen config then)" if _changed_since(report, {}) else ""
     for row in rows:
         change = format_changes(row["overrides"], code=True)
         if change and is_frozen_now(report, row["overrides"]):
             change += " (the frozen config now)"
         lines.append(
-            f"| {row['variant']} | {change or 'none (frozen config)'} | "
+            f"| {row['variant']} | {change or unchanged or 'none (frozen config)'} | "
             f"{row['valid']['ndcg@10']:.4f} | {row['valid']['hr@10']:.4f} | "
             f"{row['test']['ndcg@10']:.4f} | {row['test']['hr@10']:.4f} | "
             f"{row['best_epoch']} | {row['seconds_per_epoch']:.1f} | "

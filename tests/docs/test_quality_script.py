@@ -87,6 +87,8 @@ def test_the_search_table_sets_each_try_against_the_frozen_config():
         trained_row("moe", 0.0550, overrides={"train.label_smoothing": 0.1}, command="other"),
         command="quality.py --try model.num_heads=1 --try model.moe_top_k=3",
     )
+    frozen = q.recorded_config(q.load_config(ROOT / "configs" / "quality-beauty.yaml"))
+    plain["config"] = search["config"] = frozen
     table = "\n".join(q._search_section(search, plain))
     assert "| moe | none (frozen config) | 0.0568 |" in table
     assert "| moe | `model.num_heads=1` | 0.0571 |" in table
@@ -263,6 +265,10 @@ def test_a_try_the_frozen_config_has_since_adopted_is_marked_as_the_current_conf
         f"{norm}, `train.seed=43` (the frozen config now)",
         f"{norm}, `model.num_heads=4`",
     ]
+
+    plain = {**report(trained_row("moe", 0.03)), "config": older["config"]}
+    table = "\n".join(q._search_section(older, plain))
+    assert "| moe | none (the frozen config then) | 0.0300 |" in table
 
     current = report(trained_row("moe", 0.06, overrides={"model.num_heads": 4}))
     current["config"] = q.recorded_config(frozen)
