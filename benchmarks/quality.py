@@ -459,7 +459,11 @@ def run_dataset(
                 "cost": cost.to_dict(),
                 "routing": result.test.routing.to_dict(),
                 **(
-                    {"command": command_line(), "measured_at": time.strftime("%Y-%m-%d")}
+                    {
+                        "command": command_line(),
+                        "measured_at": time.strftime("%Y-%m-%d"),
+                        "machine": this_machine(),
+                    }
                     if append
                     else {}
                 ),
@@ -507,7 +511,7 @@ def _same_changes(overrides: dict[str, Any]) -> str:
 def row_label(row: dict[str, Any]) -> str:
     """'moe', 'dense-active', …; 'moe top-p 0.5', 'moe seed 43' or 'moe model.num_heads=1' in a
     sweep."""
-    if "overrides" in row:
+    if row.get("overrides"):
         return f"{row['variant']} {format_changes(row['overrides'])}"
     if "top_p" in row:
         return f"moe top-p {row['top_p']:g}"
@@ -527,13 +531,19 @@ def _report(
         "stats": dataset.stats(),
         "config": recorded_config(config),
         "command": command_line(),
-        "machine": {
-            **machine_info(),
-            "torch_threads": torch.get_num_threads(),
-            "allocator": active_allocator(),
-        },
+        "machine": this_machine(),
         "measured_at": time.strftime("%Y-%m-%d"),
         "rows": rows,
+    }
+
+
+def this_machine() -> dict[str, Any]:
+    """The file records the first run's machine; rows appended later record their own, since
+    kernels of another processor change one seed's curve (``benchmarks/machine.py``)."""
+    return {
+        **machine_info(),
+        "torch_threads": torch.get_num_threads(),
+        "allocator": active_allocator(),
     }
 
 
@@ -670,6 +680,19 @@ def _machine_words(machine: dict[str, Any]) -> str:
     return f"{machine['cpus']} CPU cores" + (f" ({described})" if described else "")
 
 
+def _other_machines(report: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """A line naming the rows appended from a machine unlike the one the file records."""
+    theirs = _machine_words(report["machine"])
+    elsewhere: dict[str, list[str]] = {}
+    for row in rows:
+        words = _machine_words(row["machine"]) if "machine" in row else theirs
+        if words != theirs:
+            elsewhere.setdefault(words, []).append(row_label(row))
+    return [
+        f"Measured on {words} instead: {', '.join(labels)}." for words, labels in elsewhere.items()
+    ]
+
+
 def _speed_section(report: dict[str, Any]) -> list[str]:
     lines = [
         "## Speed and memory (`benchmarks/speed.py`)",
@@ -720,6 +743,7 @@ def _dataset_section(report: dict[str, Any], retired: str = "") -> list[str]:
             for row in report["rows"]
             if row.get("command", report["command"]) != report["command"]
         ),
+        *_other_machines(report, report["rows"]),
         *_drift_note(
             report,
             "These rows stand as measured; the command above now measures the current config.",
@@ -790,7 +814,7 @@ def _search_section(
     if plain is not None and settings(plain["config"]) == settings(report["config"]):
         variants = dict.fromkeys(row["variant"] for row in rows)
         rows = [
-            {**row, "overrides": {}}
+            {"machine": plain["machine"], **row, "overrides": {}}
             for row in plain["rows"]
             if row["variant"] in variants and "cost" in row
         ] + rows
@@ -809,6 +833,7 @@ def _search_section(
         "else ran, so they compare only rows made side by side. Measured "
         f"{report['measured_at']} on {_machine_words(report['machine'])}: "
         + "; ".join(f"`{command}`" for command in commands),
+        *_other_machines(report, rows),
         *_drift_note(report, "Each try changed the config as it was then."),
         "",
         "| variant | change | valid NDCG@10 | valid HR@10 | test NDCG@10 | test HR@10 | "

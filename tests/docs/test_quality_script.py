@@ -226,6 +226,29 @@ def test_a_section_names_the_processor_and_kernels_when_its_file_recorded_them()
     assert q._machine_words(machine) == "2 CPU cores (AMD EPYC, AVX2 kernels; torch 2.13.0+cpu)"
 
 
+def test_a_row_appended_from_another_processor_is_named_with_that_processor():
+    q = quality()
+    here = {"cpus": 2, "cpu_model": "AMD EPYC", "cpu_capability": "AVX2"}
+    there = {**here, "cpu_capability": "AVX512"}
+    plain = report(trained_row("moe", 0.0568))
+    search = report(
+        trained_row("moe", 0.0571, overrides={"model.num_heads": 1}, machine=here),
+        trained_row("moe", 0.0550, overrides={"model.num_heads": 4}, machine=there),
+    )
+    frozen = q.recorded_config(q.load_config(ROOT / "configs" / "quality-beauty.yaml"))
+    plain["config"] = search["config"] = frozen
+    plain["machine"] = search["machine"] = here
+    table = "\n".join(q._search_section(search, plain))
+    assert "Measured on 2 CPU cores (AMD EPYC, AVX512 kernels) instead: moe model.num_heads=4." in (
+        table
+    )
+    assert "model.num_heads=1." not in table  # same processor as the file: nothing to say
+
+    plain["machine"] = there  # the frozen config's own row came from the other processor
+    table = "\n".join(q._search_section(search, plain))
+    assert "instead: moe, moe model.num_heads=4." in table
+
+
 def test_a_file_moved_aside_when_the_config_changed_is_titled_apart_from_its_successor(tmp_path):
     q = quality()
     search = report(trained_row("moe", 0.06, overrides={"model.filter_mix": 0.3}))
