@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, LogLocator, NullLocator, ScalarFormatter
 
 import docs_section
-from quality_reports import feature_mode, is_sweep, seed_runs, variants_run
+from quality_reports import feature_mode, is_sweep, retired_until, seed_runs, variants_run
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -117,8 +117,16 @@ def load_results(results_dir: Path) -> Results:
         if path.is_file():
             results[key] = json.loads(path.read_text(encoding="utf-8"))
     for path in sorted(results_dir.glob("quality-*.json")):
-        results["quality"].append(json.loads(path.read_text(encoding="utf-8")))
+        report = json.loads(path.read_text(encoding="utf-8"))
+        until = retired_until(path)
+        # kept beside the current files, so that an older sweep still finds its own variants run
+        results["quality"].append({**report, "retired_until": until} if until else report)
     return results
+
+
+def current(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The reports of the frozen configs as they are: files moved aside left out."""
+    return [report for report in reports if not report.get("retired_until")]
 
 
 def write_plots(results: Results, output_dir: Path) -> list[Plot]:
@@ -353,7 +361,7 @@ def soak_memory(results: Results) -> tuple[Figure, Plot] | None:
 def quality_ndcg(results: Results) -> tuple[Figure, Plot] | None:
     reports = [
         r
-        for r in results["quality"]
+        for r in current(results["quality"])
         if not is_sweep(r) and any(row["variant"] in VARIANTS for row in r["rows"])
     ]
     if not reports:
@@ -399,7 +407,7 @@ def expert_load(results: Results) -> tuple[Figure, Plot] | None:
     added), each MoE layer's load as its own bars."""
     by_dataset: dict[str, list[dict[str, Any]]] = {}
     # the items-only run of each data set, when there is one
-    for report in sorted(results["quality"], key=lambda r: feature_mode(r) != "none"):
+    for report in sorted(current(results["quality"]), key=lambda r: feature_mode(r) != "none"):
         if is_sweep(report):
             continue
         for row in report["rows"]:
@@ -506,7 +514,11 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
             )
         ax.set_xlabel("routed experts per token (test set, mean over MoE layers)")
         ax.set_ylabel("test NDCG@10")
-        ax.set_title(f"{sweep['dataset']}: quality against experts used")
+        until = sweep.get("retired_until")
+        ax.set_title(
+            f"{sweep['dataset']}: quality against experts used"
+            + (f"\n(frozen config until {until})" if until else "")
+        )
         ax.margins(x=0.15, y=0.2)
         ax.legend(loc="lower right")
     return figure, Plot(

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 
 import docs_section
 from machine import machine_info
@@ -49,7 +48,16 @@ from moerec.evaluation import evaluate_popularity
 from moerec.evaluation.cost import measure_cost
 from moerec.runtime import active_allocator, reexec_with_jemalloc
 from moerec.training import train
-from quality_reports import feature_mode, seed_runs, variants_run
+from quality_reports import (
+    RUN_OPTIONS,
+    feature_mode,
+    flat,
+    is_sweep,
+    retired_until,
+    seed_runs,
+    settings,
+    variants_run,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS: dict[str, dict[str, str]] = {
@@ -80,6 +88,14 @@ PUBLISHED = {
     "sports": [("TV-Rec / WEARec (best published)", 0.037, 0.064)],
     "toys": [("ICSRec (best published)", 0.066, 0.106)],
     "yelp": [("TV-Rec (best published)", 0.025, 0.047)],
+}
+# What moerec aims for on each file: NDCG@10 and HR@10 at least the best published (the first
+# PUBLISHED entry), rounded up.
+GOALS = {
+    "beauty": (0.062, 0.105),
+    "sports": (0.037, 0.064),
+    "toys": (0.066, 0.106),
+    "yelp": (0.025, 0.048),
 }
 HEADLINE = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10")
 
@@ -326,7 +342,7 @@ def check_appendable(path: Path, dataset: Dataset, config: ExperimentConfig) -> 
             f"{report.get('data_fingerprint')} against {dataset.fingerprint}); rerun without "
             "--append"
         )
-    theirs, ours = _flat(settings(report.get("config", {}))), _flat(recorded_config(config))
+    theirs, ours = flat(settings(report.get("config", {}))), flat(recorded_config(config))
     if theirs != ours:
         changed = sorted(key for key, value in ours.items() if theirs.get(key) != value)
         if set(changed) <= RUN_OPTIONS:
@@ -353,43 +369,14 @@ def recorded_config(config: ExperimentConfig) -> dict[str, Any]:
     return recorded
 
 
-def settings(config: dict[str, Any]) -> dict[str, Any]:
-    """A report's config with the options added since it was written at their defaults, so
-    that an older report compares equal to a new one with the same settings."""
-    try:
-        return ExperimentConfig.model_validate(config).to_dict()
-    except ValidationError:
-        return config
-
-
-# Set per run by a quality.py flag, not by the frozen config: no sign of an older config.
-RUN_OPTIONS = {
-    "train.epochs",
-    "train.seed",
-    "model.time_context",
-    "data.item_features",
-    "model.item_feature_mode",
-}
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _changed_since(report: dict[str, Any], overrides: dict[str, Any]) -> dict[str, tuple]:
     """{setting: (now, then)} where the data set's frozen config as it is now differs from
     ``report``'s config with ``overrides`` applied; per-run options are not counted."""
     spec = DATASETS.get(report["dataset"])
     if spec is None:
         return {}
-    now = _flat(load_config(REPO / spec["config"]).to_dict())
-    then = _flat(settings(report["config"])) | overrides
+    now = flat(load_config(REPO / spec["config"]).to_dict())
+    then = flat(settings(report["config"])) | overrides
     return {
         key: (value, then.get(key))
         for key, value in now.items()
@@ -632,6 +619,13 @@ def render_markdown(results_dir: Path) -> str:
     }
     files = {path: report for path, report in files.items() if report["dataset"] != "tiny"}
     reports = list(files.values())
+    lines += _summary_section(
+        [
+            report
+            for path, report in files.items()
+            if retired_until(path) is None and not is_sweep(report)
+        ]
+    )
     for path, report in files.items():
         retired = _retired_title(path)
         if any("overrides" in row for row in report["rows"]):
@@ -646,23 +640,87 @@ def render_markdown(results_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-RETIRED = re.compile(r"-until-(\d{4}-\d{2}-\d{2})$")
+def _summary_section(reports: list[dict[str, Any]]) -> list[str]:
+    """One line per data set's variants run: the MoE against the goal, the best published
+    result and the two dense baselines of the same code."""
+    order = list(DATASETS)
+    reports = sorted(
+        reports,
+        key=lambda r: (
+            order.index(r["dataset"]) if r["dataset"] in order else len(order),
+            feature_mode(r),
+        ),
+    )
+    lines = [
+        "## Summary",
+        "",
+        "Test NDCG@10 / HR@10 at the best-validation epoch of each data set's variants run "
+        "(`quality-<data set>.json`, one seed; the sections below give every run, the seed "
+        "spread and the command). The goal is the best published result on the same file, "
+        "rounded up. Against the dense baselines: the MoE's test NDCG@10 relative to theirs, "
+        "and its feed-forward FLOPs per request as a share of dense-params'.",
+        "",
+        "| data set | moe | goal (best published) | goal met | vs dense-active | "
+        "vs dense-params | FFN FLOPs vs dense-params | config |",
+        "|---|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for report in reports:
+        rows = {row["variant"]: row for row in report["rows"]}
+        moe = rows.get("moe")
+        if moe is None:
+            continue
+        ndcg, hr = moe["test"]["ndcg@10"], moe["test"]["hr@10"]
+        goal = GOALS.get(report["dataset"])
+        published = PUBLISHED.get(report["dataset"], [])
+        goal_words = (
+            f"{goal[0]:.3f} / {goal[1]:.3f}"
+            + (f" ({published[0][1]:.3f} / {published[0][2]:.3f})" if published else "")
+            if goal
+            else ""
+        )
+        if goal is None:
+            met = ""
+        elif ndcg >= goal[0] and hr >= goal[1]:
+            met = "yes"
+        else:
+            short = min(ndcg / goal[0], hr / goal[1]) - 1
+            met = f"no ({short:+.0%})"
+        versus = []
+        for name in ("dense-active", "dense-params"):
+            other = rows.get(name)
+            versus.append(
+                f"{ndcg / other['test']['ndcg@10'] - 1:+.1%}" if other is not None else "not run"
+            )
+        dense_params = rows.get("dense-params")
+        flops = (
+            f"{_ffn_flops(moe) / _ffn_flops(dense_params):.0%}" if dense_params is not None else ""
+        )
+        config = "frozen" if not config_drift(report) else "an earlier one (see its section)"
+        lines.append(
+            f"| {report['dataset']}{_setting_title(report)} | {ndcg:.4f} / {hr:.4f} | "
+            f"{goal_words} | {met} | {versus[0]} | {versus[1]} | {flops} | {config} |"
+        )
+    return [*lines, ""]
+
+
+def _ffn_flops(row: dict[str, Any]) -> float:
+    return float(row["cost"]["ffn_flops_per_request"])
 
 
 def _retired_title(path: Path) -> str:
     """A file moved aside when the frozen config changed (quality-X-until-DATE.json) says so in
     its heading, so that it and its successor are told apart at a glance."""
-    until = RETIRED.search(path.stem)
-    return f" (frozen config until {until[1]})" if until else ""
+    until = retired_until(path)
+    return f" (frozen config until {until})" if until else ""
 
 
 def _current_first(path: Path) -> tuple[str, int]:
     """Sort key: retired files (quality-X-until-DATE) right after the one that replaced them,
     newest first."""
-    until = RETIRED.search(path.stem)
+    until = retired_until(path)
     if until is None:
         return path.stem, -(10**9)
-    return path.stem[: until.start()], -int(until[1].replace("-", ""))
+    return path.stem.removesuffix(f"-until-{until}"), -int(until.replace("-", ""))
 
 
 def _machine_words(machine: dict[str, Any]) -> str:
@@ -680,14 +738,18 @@ def _machine_words(machine: dict[str, Any]) -> str:
     return f"{machine['cpus']} CPU cores" + (f" ({described})" if described else "")
 
 
+MACHINE_KEYS = ("cpus", "cpu_model", "cpu_capability", "torch")
+
+
 def _other_machines(report: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
-    """A line naming the rows appended from a machine unlike the one the file records."""
-    theirs = _machine_words(report["machine"])
+    """A line naming the rows appended from a machine unlike the one the file records (as far
+    as both records tell: older files lack the processor)."""
+    theirs = report["machine"]
     elsewhere: dict[str, list[str]] = {}
     for row in rows:
-        words = _machine_words(row["machine"]) if "machine" in row else theirs
-        if words != theirs:
-            elsewhere.setdefault(words, []).append(row_label(row))
+        ours = row.get("machine", theirs)
+        if any(ours[key] != theirs[key] for key in MACHINE_KEYS if key in ours and key in theirs):
+            elsewhere.setdefault(_machine_words(ours), []).append(row_label(row))
     return [
         f"Measured on {words} instead: {', '.join(labels)}." for words, labels in elsewhere.items()
     ]

@@ -3,9 +3,62 @@ every run of one variant over seeds. Shared by quality.py (the tables) and plots
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from moerec.config import ExperimentConfig
+
 Report = dict[str, Any]
+
+# A file moved aside when its data set's frozen config changed: quality-X-until-DATE.json.
+RETIRED = re.compile(r"-until-(\d{4}-\d{2}-\d{2})$")
+
+# Set per run by a quality.py flag, not by the frozen config: no sign of another config.
+RUN_OPTIONS = {
+    "train.epochs",
+    "train.seed",
+    "model.time_context",
+    "data.item_features",
+    "model.item_feature_mode",
+}
+
+
+def retired_until(path: Path) -> str | None:
+    """The date until which the file's config was the frozen one, for a file moved aside."""
+    until = RETIRED.search(path.stem)
+    return until[1] if until else None
+
+
+def settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A report's config with the options added since it was written at their defaults, so
+    that an older report compares equal to a new one with the same settings."""
+    try:
+        return ExperimentConfig.model_validate(config).to_dict()
+    except ValidationError:
+        return config
+
+
+def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"hidden_size": 64}}`` as ``{"model.hidden_size": 64}``."""
+    leaves: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            leaves.update(flat(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
+
+
+def same_settings(a: Report, b: Report) -> bool:
+    """Whether two reports trained the same config, per-run options (seed, epoch cap, inputs)
+    aside: a sweep is set only against the variants run of its own config."""
+    ours, theirs = flat(settings(a["config"])), flat(settings(b["config"]))
+    return all(
+        ours.get(key) == theirs.get(key) for key in (ours.keys() | theirs.keys()) - RUN_OPTIONS
+    )
 
 
 def is_sweep(report: Report) -> bool:
@@ -30,6 +83,7 @@ def variants_run(reports: list[Report], like: Report) -> Report | None:
             if r["dataset"] == like["dataset"]
             and feature_mode(r) == feature_mode(like)
             and not is_sweep(r)
+            and same_settings(r, like)
         ),
         None,
     )
@@ -41,7 +95,11 @@ def seed_runs(reports: list[Report], like: Report, variant: str) -> list[dict[st
     seed is not among them."""
     by_seed: dict[int, dict[str, Any]] = {}
     for report in reports:
-        if report["dataset"] != like["dataset"] or feature_mode(report) != feature_mode(like):
+        if (
+            report["dataset"] != like["dataset"]
+            or feature_mode(report) != feature_mode(like)
+            or not same_settings(report, like)
+        ):
             continue
         for row in report["rows"]:
             if row["variant"] == variant and "seed" in row and not row.get("from_variants_run"):

@@ -105,3 +105,18 @@ def test_the_section_goes_under_the_first_heading_and_nothing_else_changes():
     assert twice.replace("second", "first") == once
     begin, end = twice.find(plots.DOCS_BEGIN), twice.find(plots.DOCS_END) + len(plots.DOCS_END)
     assert twice[:begin] + twice[end:].removeprefix("\n\n") == page
+
+
+def test_a_results_file_moved_aside_is_marked_and_left_out_of_the_current_ones(tmp_path):
+    import json
+
+    plots = plots_module()
+    row = {"variant": "moe", "test": {"ndcg@10": 0.06}, "routing": {}}
+    config = {"model": {"hidden_size": 64}, "train": {"seed": 42}}
+    for name in ("quality-toys.json", "quality-toys-until-2026-12-05.json"):
+        report = {"dataset": "toys", "config": config, "rows": [row]}
+        (tmp_path / name).write_text(json.dumps(report), encoding="utf-8")
+
+    reports = plots.load_results(tmp_path)["quality"]
+    assert sorted(str(r.get("retired_until")) for r in reports) == ["2026-12-05", "None"]
+    assert [r.get("retired_until") for r in plots.current(reports)] == [None]

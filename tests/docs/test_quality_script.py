@@ -258,6 +258,7 @@ def test_a_file_moved_aside_when_the_config_changed_is_titled_apart_from_its_suc
 
     headings = [line for line in q.render_markdown(tmp_path).splitlines() if line.startswith("## ")]
     assert headings == [
+        "## Summary",
         "## beauty (`Beauty.txt`): hyper-parameter search",
         "## beauty (`Beauty.txt`): hyper-parameter search (frozen config until 2026-12-05)",
     ]
@@ -296,3 +297,51 @@ def test_a_try_the_frozen_config_has_since_adopted_is_marked_as_the_current_conf
     current = report(trained_row("moe", 0.06, overrides={"model.num_heads": 4}))
     current["config"] = q.recorded_config(frozen)
     assert not q.is_frozen_now(current, {})  # the plain run is "none (frozen config)" already
+
+
+def costed(variant: str, ndcg: float, hr: float, ffn_flops: float) -> dict[str, Any]:
+    row = trained_row(variant, ndcg)
+    row["test"] = {"ndcg@10": ndcg, "hr@10": hr}
+    row["cost"] = {"ffn_flops_per_request": ffn_flops}
+    return row
+
+
+def test_the_summary_sets_each_moe_against_its_goal_and_the_dense_baselines():
+    q = quality()
+    frozen = q.recorded_config(q.load_config(ROOT / "configs" / "quality-toys.yaml"))
+    toys = report(
+        costed("moe", 0.0691, 0.1124, 3.4e6),
+        costed("dense-active", 0.0681, 0.1099, 3.4e6),
+        costed("dense-params", 0.0665, 0.1083, 13.6e6),
+    )
+    toys |= {"dataset": "toys", "config": frozen}
+    older = {**frozen, "model": {**frozen["model"], "block_norm": "pre"}}
+    yelp = report(costed("moe", 0.0220, 0.0426, 3.4e6)) | {"dataset": "yelp", "config": older}
+
+    table = "\n".join(q._summary_section([yelp, toys]))
+    rows = [line for line in table.splitlines() if line.startswith("| toys") or "yelp" in line]
+    assert rows[0].startswith("| toys |")  # in the order of the data sets, not of the files
+    assert rows[0] == (
+        "| toys | 0.0691 / 0.1124 | 0.066 / 0.106 (0.066 / 0.106) | yes | +1.5% | +3.9% | 25% "
+        "| frozen |"
+    )
+    # Yelp falls 12% short on NDCG@10 (0.0220 / 0.025), the larger shortfall of the two
+    assert "| no (-12%) | not run | not run |  | an earlier one (see its section) |" in rows[1]
+
+
+def test_a_sweep_is_set_only_against_the_variants_run_of_its_own_config():
+    import quality_reports
+
+    q = quality()
+    frozen = q.recorded_config(q.load_config(ROOT / "configs" / "quality-beauty.yaml"))
+    older = {**frozen, "model": {**frozen["model"], "block_norm": "pre"}}
+    now = report(costed("moe", 0.0615, 0.1019, 3.4e6)) | {"config": frozen}
+    then = report(costed("moe", 0.0568, 0.0939, 3.4e6)) | {"config": older}
+    # the seed is a per-run option: it does not keep a sweep from its variants run
+    sweep = report(trained_row("moe", 0.0563, seed=43))
+    sweep["config"] = {**older, "train": {**older["train"], "seed": 43}}
+
+    assert quality_reports.variants_run([now, then, sweep], sweep) is then
+    seeds = quality_reports.seed_runs([now, then, sweep], sweep, "moe")
+    assert [row["test"]["ndcg@10"] for row in seeds] == [0.0563, 0.0568]
+    assert quality_reports.variants_run([now, sweep], sweep) is None
