@@ -6,6 +6,7 @@ NDCG@10, report test HR/NDCG/MRR@5/10/20 at that epoch, training time, parameter
 FLOPs per request. Writes benchmarks/results/quality-<dataset>.json and docs/benchmarks.md.
 
     python benchmarks/quality.py --data-root PATH/TO/data     # all five data sets: ~6 h, 2 cores
+    python benchmarks/quality.py --data-root PATH --datasets toys --threads 1 --jobs 2  # 2 at once
     python benchmarks/quality.py --data-root PATH --datasets beauty --variants moe
     python benchmarks/quality.py --data-root PATH --datasets beauty --item-features
     python benchmarks/quality.py --data-root PATH --datasets ml-100k --time-context
@@ -21,9 +22,11 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import multiprocessing
 import re
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         path = args.output_dir / f"quality-{name}{suffix}.json"
         if args.append:
             check_appendable(path, dataset, config)
-        run_dataset(name, dataset, config, jobs(config, args), path, append=args.append)
+        run_dataset(
+            name, dataset, config, jobs(config, args), path, append=args.append, workers=args.jobs
+        )
     if args.docs is not None:
         write_docs(args.docs, args.output_dir)
         print(f"wrote {args.docs}", file=sys.stderr)
@@ -145,6 +150,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, help="Override the config's max epochs.")
     p.add_argument("--seed", type=int, help="Override the config's seed.")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default).")
+    p.add_argument(
+        "--jobs",
+        type=_positive,
+        default=1,
+        help="Train this many models at once, each in a process of its own with --threads "
+        "threads (on 2 cores: --jobs 2 --threads 1). Rows are written as each model finishes.",
+    )
     p.add_argument("--output-dir", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--docs", type=Path, default=None, help="Markdown file to (re)render.")
     p.add_argument(
@@ -245,6 +257,16 @@ def _overrides(text: str) -> dict[str, Any]:
 
 
 SECTIONS = ("data", "model", "train", "eval")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1; got {text!r}")
+    return value
 
 
 def _integers(text: str) -> list[int]:
@@ -417,51 +439,73 @@ def run_dataset(
     to_train: list[tuple[dict, ExperimentConfig]],
     path: Path,
     append: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Train every job; the report is rewritten after each, so a long run keeps its rows.
+    """Train every job, ``workers`` at a time (each in a process of its own when more than
+    one); the report is rewritten as each finishes, so a long run keeps its rows.
 
     With ``append``, each new row (which records the command that made it) is merged into the
     file as it is on disk at that moment, replacing a row with the same label.
     """
-    rows = [popularity_row(dataset, config)]
-    report = _report(name, dataset, config, rows)
-    for labels, cfg in to_train:
-        label = row_label(labels)
-        print(f"[{name}] training {label}", file=sys.stderr)
-        started = time.perf_counter()
-        curve: list[float] = []
-        result = train(dataset, cfg, progress=False, on_epoch=_progress(name, label, curve))
-        cost = measure_cost(result.model)
-        rows.append(
-            {
-                **labels,
-                "valid": result.valid.metrics,
-                "test": result.test.metrics,
-                "best_epoch": result.best_epoch,
-                "epochs_run": result.epochs_run,
-                "train_seconds": round(result.train_seconds, 1),
-                "seconds_per_epoch": round(result.train_seconds / max(result.epochs_run, 1), 2),
-                "wall_seconds": round(time.perf_counter() - started, 1),
-                "valid_ndcg10_by_epoch": curve,
-                "cost": cost.to_dict(),
-                "routing": result.test.routing.to_dict(),
-                **(
-                    {
-                        "command": command_line(),
-                        "measured_at": time.strftime("%Y-%m-%d"),
-                        "machine": this_machine(),
-                    }
-                    if append
-                    else {}
-                ),
-            }
-        )
+    report = _report(name, dataset, config, [popularity_row(dataset, config)])
+    trained: dict[int, dict[str, Any]] = {}
+
+    def keep(index: int, row: dict[str, Any]) -> None:
         if append:
-            merge_rows(path, report)
+            row |= {
+                "command": command_line(),
+                "measured_at": time.strftime("%Y-%m-%d"),
+                "machine": this_machine(),
+            }
+        trained[index] = row
+        report["rows"][1:] = [trained[i] for i in sorted(trained)]
+        if append:
+            merge_rows(path, {**report, "rows": [report["rows"][0], row]})
         else:
             path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {path} ({label})", file=sys.stderr)
+        print(f"wrote {path} ({row_label(row)})", file=sys.stderr)
+
+    if workers == 1:
+        for index, (labels, cfg) in enumerate(to_train):
+            keep(index, train_row(name, dataset, labels, cfg))
+        return report
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),  # torch and fork do not mix
+        initializer=torch.set_num_threads,
+        initargs=(torch.get_num_threads(),),
+    ) as pool:
+        running = {
+            pool.submit(train_row, name, dataset, labels, cfg): index
+            for index, (labels, cfg) in enumerate(to_train)
+        }
+        for future in as_completed(running):
+            keep(running[future], future.result())
     return report
+
+
+def train_row(
+    name: str, dataset: Dataset, labels: dict[str, Any], config: ExperimentConfig
+) -> dict[str, Any]:
+    """Train one model and return its results row (in a worker process with ``--jobs``)."""
+    label = row_label(labels)
+    print(f"[{name}] training {label}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    curve: list[float] = []
+    result = train(dataset, config, progress=False, on_epoch=_progress(name, label, curve))
+    return {
+        **labels,
+        "valid": result.valid.metrics,
+        "test": result.test.metrics,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "train_seconds": round(result.train_seconds, 1),
+        "seconds_per_epoch": round(result.train_seconds / max(result.epochs_run, 1), 2),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "valid_ndcg10_by_epoch": curve,
+        "cost": measure_cost(result.model).to_dict(),
+        "routing": result.test.routing.to_dict(),
+    }
 
 
 def merge_rows(path: Path, report: dict[str, Any]) -> None:

@@ -345,3 +345,27 @@ def test_a_sweep_is_set_only_against_the_variants_run_of_its_own_config():
     seeds = quality_reports.seed_runs([now, then, sweep], sweep, "moe")
     assert [row["test"]["ndcg@10"] for row in seeds] == [0.0563, 0.0568]
     assert quality_reports.variants_run([now, sweep], sweep) is None
+
+
+def test_models_trained_side_by_side_in_worker_processes_match_those_trained_one_by_one(
+    tmp_path,
+):
+    import subprocess
+    import sys
+
+    def rows(*extra: str) -> list[dict[str, Any]]:
+        out = tmp_path / "-".join(extra or ("serial",))
+        command = [sys.executable, str(SCRIPT), "--tiny", "--variants", "moe,dense-active"]
+        subprocess.run(
+            [*command, "--threads", "1", "--output-dir", str(out), *extra],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        return json.loads((out / "quality-tiny.json").read_text())["rows"]
+
+    serial, parallel = rows(), rows("--jobs", "2")
+    assert [row["variant"] for row in parallel] == ["popularity", "moe", "dense-active"]
+    for one, other in zip(serial[1:], parallel[1:], strict=True):
+        assert one["valid_ndcg10_by_epoch"] == other["valid_ndcg10_by_epoch"]
+        assert one["test"] == other["test"]
