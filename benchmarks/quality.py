@@ -52,10 +52,12 @@ from moerec.evaluation.cost import measure_cost
 from moerec.runtime import active_allocator, reexec_with_jemalloc
 from moerec.training import train
 from quality_reports import (
+    RETIRED,
     RUN_OPTIONS,
     feature_mode,
     flat,
     is_sweep,
+    retired_name,
     retired_until,
     seed_runs,
     settings,
@@ -372,8 +374,8 @@ def check_appendable(path: Path, dataset: Dataset, config: ExperimentConfig) -> 
         else:  # the frozen config changed since: the file's rows cannot take new ones
             remedy = (
                 f"the frozen config changed since it was written, so start a new file: "
-                f"move it aside (git mv {path.name} {path.stem}-until-"
-                f"{report.get('measured_at')}.json; it still renders)"
+                f"move it aside (git mv {path.name} "
+                f"{retired_name(path, str(report.get('measured_at'))).name}; it still renders)"
             )
         raise SystemExit(
             f"--append: {path} was measured with another config (differs in: "
@@ -759,12 +761,12 @@ def _retired_title(path: Path) -> str:
 
 
 def _current_first(path: Path) -> tuple[str, int]:
-    """Sort key: retired files (quality-X-until-DATE) right after the one that replaced them,
-    newest first."""
-    until = retired_until(path)
+    """Sort key: retired files (quality-X-until-DATE[-N]) right after the one that replaced
+    them, newest first."""
+    until = RETIRED.search(path.stem)
     if until is None:
-        return path.stem, -(10**9)
-    return path.stem.removesuffix(f"-until-{until}"), -int(until.replace("-", ""))
+        return path.stem, -(10**12)
+    return path.stem[: until.start()], -(int(until[1].replace("-", "")) * 100 + int(until[2] or 1))
 
 
 def _machine_words(machine: dict[str, Any]) -> str:

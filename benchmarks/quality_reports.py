@@ -13,8 +13,9 @@ from moerec.config import ExperimentConfig
 
 Report = dict[str, Any]
 
-# A file moved aside when its data set's frozen config changed: quality-X-until-DATE.json.
-RETIRED = re.compile(r"-until-(\d{4}-\d{2}-\d{2})$")
+# A file moved aside when its data set's frozen config changed: quality-X-until-DATE.json, or
+# quality-X-until-DATE-N.json for the Nth config retired that day.
+RETIRED = re.compile(r"-until-(\d{4}-\d{2}-\d{2})(?:-(\d+))?$")
 
 # Set per run by a quality.py flag, not by the frozen config: no sign of another config.
 RUN_OPTIONS = {
@@ -27,9 +28,22 @@ RUN_OPTIONS = {
 
 
 def retired_until(path: Path) -> str | None:
-    """The date until which the file's config was the frozen one, for a file moved aside."""
+    """The date until which the file's config was the frozen one, for a file moved aside
+    ("2026-12-05", or "2026-12-05, change 2" for the second config retired that day)."""
     until = RETIRED.search(path.stem)
-    return until[1] if until else None
+    if until is None:
+        return None
+    return until[1] + (f", change {until[2]}" if until[2] else "")
+
+
+def retired_name(path: Path, until: str) -> Path:
+    """The name to move ``path`` aside to when the frozen config changes: dated, and numbered
+    when a config of the same day was retired already."""
+    candidate, number = path.with_name(f"{path.stem}-until-{until}.json"), 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}-until-{until}-{number}.json")
+    return candidate
 
 
 def settings(config: dict[str, Any]) -> dict[str, Any]:

@@ -254,12 +254,18 @@ def test_a_file_moved_aside_when_the_config_changed_is_titled_apart_from_its_suc
     search = report(trained_row("moe", 0.06, overrides={"model.filter_mix": 0.3}))
     search["stats"] = {"users": 3, "items": 4, "interactions": 12}
     (tmp_path / "quality-beauty-search.json").write_text(json.dumps(search))
-    (tmp_path / "quality-beauty-search-until-2026-12-05.json").write_text(json.dumps(search))
+    first = q.retired_name(tmp_path / "quality-beauty-search.json", "2026-12-05")
+    first.write_text(json.dumps(search))
+    second = q.retired_name(tmp_path / "quality-beauty-search.json", "2026-12-05")
+    second.write_text(json.dumps(search))  # a second config retired the same day
+    assert second.name == "quality-beauty-search-until-2026-12-05-2.json"
 
     headings = [line for line in q.render_markdown(tmp_path).splitlines() if line.startswith("## ")]
-    assert headings == [
+    assert headings == [  # the current file, then the retired ones newest first
         "## Summary",
         "## beauty (`Beauty.txt`): hyper-parameter search",
+        "## beauty (`Beauty.txt`): hyper-parameter search (frozen config until 2026-12-05, "
+        "change 2)",
         "## beauty (`Beauty.txt`): hyper-parameter search (frozen config until 2026-12-05)",
     ]
 
