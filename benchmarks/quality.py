@@ -895,7 +895,7 @@ def _comparison(rows: list[dict[str, Any]], max_epochs: int) -> list[str]:
         flops = moe["cost"]["ffn_flops_per_request"] / other["cost"]["ffn_flops_per_request"]
         notes.append(
             f"- moe vs {name}: test NDCG@10 {ndcg:+.1%}, FFN FLOPs per request {flops:.0%} "
-            f"of {name}'s."
+            f"of the {name} model's."
         )
     for row in rows:
         if "top_p" in row:
