@@ -670,7 +670,8 @@ def render_markdown(results_dir: Path) -> str:
             report
             for path, report in files.items()
             if retired_until(path) is None and not is_sweep(report)
-        ]
+        ],
+        reports,
     )
     for path, report in files.items():
         retired = _retired_title(path)
@@ -686,9 +687,12 @@ def render_markdown(results_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _summary_section(reports: list[dict[str, Any]]) -> list[str]:
+def _summary_section(
+    reports: list[dict[str, Any]], every: list[dict[str, Any]] | None = None
+) -> list[str]:
     """One line per data set's variants run: the MoE against the goal, the best published
-    result and the two dense baselines of the same code."""
+    result and the two dense baselines of the same code; with ``every`` report at hand, the
+    MoE's range over the seeds measured with the same config."""
     order = list(DATASETS)
     reports = sorted(
         reports,
@@ -701,14 +705,15 @@ def _summary_section(reports: list[dict[str, Any]]) -> list[str]:
         "## Summary",
         "",
         "Test NDCG@10 / HR@10 at the best-validation epoch of each data set's variants run "
-        "(`quality-<data set>.json`, one seed; the sections below give every run, the seed "
-        "spread and the command). The goal is the best published result on the same file, "
-        "rounded up. Against the dense baselines: the MoE's test NDCG@10 relative to theirs, "
-        "and its feed-forward FLOPs per request as a share of dense-params'.",
+        "(`quality-<data set>.json`, one seed), and the MoE's range over every seed measured "
+        "with the same config where a seed sweep exists; the sections below give each run "
+        "and its command. The goal is the best published result on the same file, rounded up. "
+        "Against the dense baselines: the MoE's test NDCG@10 relative to theirs, and its "
+        "feed-forward FLOPs per request as a share of dense-params'.",
         "",
-        "| data set | moe | goal (best published) | goal met | vs dense-active | "
+        "| data set | moe | moe over seeds | goal (best published) | goal met | vs dense-active | "
         "vs dense-params | FFN FLOPs vs dense-params | config |",
-        "|---|---:|---:|---|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     for report in reports:
         rows = {row["variant"]: row for row in report["rows"]}
@@ -742,8 +747,15 @@ def _summary_section(reports: list[dict[str, Any]]) -> list[str]:
             f"{_ffn_flops(moe) / _ffn_flops(dense_params):.0%}" if dense_params is not None else ""
         )
         config = "frozen" if not config_drift(report) else "an earlier one (see its section)"
+        seeds = seed_runs(every or [], report, "moe")
+        spread = (
+            f"{min(r['test']['ndcg@10'] for r in seeds):.4f}-"
+            f"{max(r['test']['ndcg@10'] for r in seeds):.4f} ({len(seeds)} seeds)"
+            if len(seeds) > 1
+            else ""
+        )
         lines.append(
-            f"| {report['dataset']}{_setting_title(report)} | {ndcg:.4f} / {hr:.4f} | "
+            f"| {report['dataset']}{_setting_title(report)} | {ndcg:.4f} / {hr:.4f} | {spread} | "
             f"{goal_words} | {met} | {versus[0]} | {versus[1]} | {flops} | {config} |"
         )
     return [*lines, ""]
