@@ -381,3 +381,10 @@ def test_models_trained_side_by_side_in_worker_processes_match_those_trained_one
     for one, other in zip(serial[1:], parallel[1:], strict=True):
         assert one["valid_ndcg10_by_epoch"] == other["valid_ndcg10_by_epoch"]
         assert one["test"] == other["test"]
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1", "two"])
+def test_a_jobs_count_that_is_not_a_positive_whole_number_is_refused(jobs, capsys):
+    with pytest.raises(SystemExit):
+        quality().parse_args(["--tiny", "--jobs", jobs])
+    assert "expected a whole number of at least 1" in capsys.readouterr().err
