@@ -736,16 +736,16 @@ def _summary_section(
         else:
             short = min(ndcg / goal[0], hr / goal[1]) - 1
             met = f"no ({short:+.0%})"
-        versus = []
-        for name in ("dense-active", "dense-params"):
-            other = rows.get(name)
-            versus.append(
-                f"{ndcg / other['test']['ndcg@10'] - 1:+.1%}" if other is not None else "not run"
-            )
-        dense_params = rows.get("dense-params")
-        flops = (
-            f"{_ffn_flops(moe) / _ffn_flops(dense_params):.0%}" if dense_params is not None else ""
-        )
+        versus = {
+            name: _versus(moe, rows[name])
+            for name in ("dense-active", "dense-params")
+            if name in rows
+        }
+        ndcg_words = [
+            f"{versus[name][0]:+.1%}" if name in versus else "not run"
+            for name in ("dense-active", "dense-params")
+        ]
+        flops = f"{versus['dense-params'][1]:.0%}" if "dense-params" in versus else ""
         config = "frozen" if not config_drift(report) else "an earlier one (see its section)"
         seeds = seed_runs(every or [], report, "moe")
         spread = (
@@ -756,13 +756,16 @@ def _summary_section(
         )
         lines.append(
             f"| {report['dataset']}{_setting_title(report)} | {ndcg:.4f} / {hr:.4f} | {spread} | "
-            f"{goal_words} | {met} | {versus[0]} | {versus[1]} | {flops} | {config} |"
+            f"{goal_words} | {met} | {ndcg_words[0]} | {ndcg_words[1]} | {flops} | {config} |"
         )
     return [*lines, ""]
 
 
-def _ffn_flops(row: dict[str, Any]) -> float:
-    return float(row["cost"]["ffn_flops_per_request"])
+def _versus(moe: dict[str, Any], other: dict[str, Any]) -> tuple[float, float]:
+    """The MoE's test NDCG@10 relative to ``other``'s, and its FFN FLOPs as a share of theirs."""
+    ndcg = moe["test"]["ndcg@10"] / other["test"]["ndcg@10"] - 1
+    flops = moe["cost"]["ffn_flops_per_request"] / other["cost"]["ffn_flops_per_request"]
+    return ndcg, flops
 
 
 def _retired_title(path: Path) -> str:
@@ -903,8 +906,7 @@ def _comparison(rows: list[dict[str, Any]], max_epochs: int) -> list[str]:
         other = by_name.get(name)
         if moe is None or other is None:
             continue
-        ndcg = moe["test"]["ndcg@10"] / other["test"]["ndcg@10"] - 1
-        flops = moe["cost"]["ffn_flops_per_request"] / other["cost"]["ffn_flops_per_request"]
+        ndcg, flops = _versus(moe, other)
         notes.append(
             f"- moe vs {name}: test NDCG@10 {ndcg:+.1%}, FFN FLOPs per request {flops:.0%} "
             f"of the {name} model's."
