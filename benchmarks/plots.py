@@ -378,11 +378,12 @@ def quality_ndcg(results: Results) -> tuple[Figure, Plot] | None:
                 ys.append(row["test"]["ndcg@10"])
         if xs:
             bars = ax.bar(xs, ys, width, label=variant, color=COLORS[variant])
-            ax.bar_label(bars, fmt="%.4f", fontsize=7, padding=2)
+            # upright labels overlap once a group's three bars are narrower than "0.0000"
+            ax.bar_label(bars, fmt="%.4f", fontsize=7, padding=2, rotation=90)
     ax.set_xticks(range(len(reports)), [_dataset_label(r) for r in reports])
     ax.xaxis.grid(False)
     ax.set_ylabel("test NDCG@10 (full ranking)")
-    ax.margins(y=0.15)
+    ax.margins(y=0.3)
     ax.set_title("MoE against dense baselines with the same active FLOPs / the same parameters")
     ax.legend(loc="upper left")
     return figure, Plot(

@@ -708,8 +708,9 @@ def _summary_section(
         "(`quality-<data set>.json`, one seed), and the MoE's range over every seed measured "
         "with the same config where a seed sweep exists; the sections below give each run "
         "and its command. The goal is the best published result on the same file, rounded up. "
-        "Against the dense baselines: the MoE's test NDCG@10 relative to theirs, and its "
-        "feed-forward FLOPs per request as a share of dense-params'.",
+        "Against the dense baselines: the MoE's test NDCG@10 relative to theirs (in brackets, "
+        "over the seeds both were trained with: the ratio of the means and on how many seeds "
+        "the MoE leads), and its feed-forward FLOPs per request as a share of dense-params'.",
         "",
         "| data set | moe | moe over seeds | goal (best published) | goal met | vs dense-active | "
         "vs dense-params | FFN FLOPs vs dense-params | config |",
@@ -745,6 +746,7 @@ def _summary_section(
             f"{versus[name][0]:+.1%}" if name in versus else "not run"
             for name in ("dense-active", "dense-params")
         ]
+        ndcg_words[0] += _over_seed_pairs(every or [], report, "dense-active")
         flops = f"{versus['dense-params'][1]:.0%}" if "dense-params" in versus else ""
         config = "frozen" if not config_drift(report) else "an earlier one (see its section)"
         seeds = seed_runs(every or [], report, "moe")
@@ -759,6 +761,24 @@ def _summary_section(
             f"{goal_words} | {met} | {ndcg_words[0]} | {ndcg_words[1]} | {flops} | {config} |"
         )
     return [*lines, ""]
+
+
+def _over_seed_pairs(every: list[dict[str, Any]], report: dict[str, Any], other: str) -> str:
+    """The MoE against ``other`` over every seed both were trained with on ``report``'s config:
+    the ratio of their mean test NDCG@10 and how many of the pairs the MoE leads. One seed's
+    margin is often smaller than a model's own spread over seeds; the pairs say whether it holds.
+    """
+    theirs = {int(row["seed"]): row for row in seed_runs(every, report, other)}
+    pairs = [
+        (row["test"]["ndcg@10"], theirs[int(row["seed"])]["test"]["ndcg@10"])
+        for row in seed_runs(every, report, "moe")
+        if int(row["seed"]) in theirs
+    ]
+    if len(pairs) < 2:
+        return ""
+    mean = sum(moe for moe, _ in pairs) / sum(base for _, base in pairs) - 1
+    ahead = sum(moe > base for moe, base in pairs)
+    return f" ({len(pairs)} seeds: {mean:+.1%}, ahead on {ahead})"
 
 
 def _versus(moe: dict[str, Any], other: dict[str, Any]) -> tuple[float, float]:
