@@ -746,16 +746,14 @@ def _summary_section(
             f"{versus[name][0]:+.1%}" if name in versus else "not run"
             for name in ("dense-active", "dense-params")
         ]
-        ndcg_words[0] += _over_seed_pairs(every or [], report, "dense-active")
+        seeds = seed_runs(every or [], report, "moe")
+        ndcg_words[0] += _over_seed_pairs(seeds, seed_runs(every or [], report, "dense-active"))
         flops = f"{versus['dense-params'][1]:.0%}" if "dense-params" in versus else ""
         config = "frozen" if not config_drift(report) else "an earlier one (see its section)"
-        seeds = seed_runs(every or [], report, "moe")
-        spread = (
-            f"{min(r['test']['ndcg@10'] for r in seeds):.4f}-"
-            f"{max(r['test']['ndcg@10'] for r in seeds):.4f} ({len(seeds)} seeds)"
-            if len(seeds) > 1
-            else ""
-        )
+        spread = ""
+        if len(seeds) > 1:
+            low, high = (f"{pick(r['test']['ndcg@10'] for r in seeds):.4f}" for pick in (min, max))
+            spread = f"{low if low == high else f'{low}-{high}'} ({len(seeds)} seeds)"
         lines.append(
             f"| {report['dataset']}{_setting_title(report)} | {ndcg:.4f} / {hr:.4f} | {spread} | "
             f"{goal_words} | {met} | {ndcg_words[0]} | {ndcg_words[1]} | {flops} | {config} |"
@@ -763,15 +761,15 @@ def _summary_section(
     return [*lines, ""]
 
 
-def _over_seed_pairs(every: list[dict[str, Any]], report: dict[str, Any], other: str) -> str:
-    """The MoE against ``other`` over every seed both were trained with on ``report``'s config:
-    the ratio of their mean test NDCG@10 and how many of the pairs the MoE leads. One seed's
-    margin is often smaller than a model's own spread over seeds; the pairs say whether it holds.
-    """
-    theirs = {int(row["seed"]): row for row in seed_runs(every, report, other)}
+def _over_seed_pairs(moe: list[dict[str, Any]], other: list[dict[str, Any]]) -> str:
+    """The MoE's seed runs against another variant's (``seed_runs`` of one config) over every
+    seed both have: the ratio of their mean test NDCG@10 and how many of the pairs the MoE leads.
+    One seed's margin is often smaller than a model's own spread over seeds; the pairs say
+    whether it holds."""
+    theirs = {int(row["seed"]): row for row in other}
     pairs = [
         (row["test"]["ndcg@10"], theirs[int(row["seed"])]["test"]["ndcg@10"])
-        for row in seed_runs(every, report, "moe")
+        for row in moe
         if int(row["seed"]) in theirs
     ]
     if len(pairs) < 2:

@@ -339,6 +339,12 @@ def test_the_summary_sets_each_moe_against_its_goal_and_the_dense_baselines():
         "| toys | 0.0691 / 0.1124 | 0.0650-0.0691 (3 seeds) | 0.066 / 0.106 (0.066 / 0.106) "
         "| yes | +1.5% (3 seeds: +0.1%, ahead on 2) | +3.9% | 25% | frozen |"
     )  # 0.2013 against 0.2011 summed over the seeds; the MoE trails on seed 44
+    # seeds that agree to four digits show one figure, not "0.0220-0.0220"
+    twin = report(costed("moe", 0.02201, 0.0430, 3.4e6) | {"seed": 43})
+    twin |= {"dataset": "yelp", "config": older}
+    assert "| 0.0220 / 0.0426 | 0.0220 (2 seeds) |" in "\n".join(
+        q._summary_section([yelp], [yelp, twin])
+    )
     # Yelp falls 12% short on NDCG@10 (0.0220 / 0.025), the larger shortfall of the two
     assert (
         "|  | 0.025 / 0.048 (0.025 / 0.047) | no (-12%) | not run | not run |  | an earlier one"
