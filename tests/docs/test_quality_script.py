@@ -394,6 +394,18 @@ def test_models_trained_side_by_side_in_worker_processes_match_those_trained_one
         assert one["test"] == other["test"]
 
 
+def test_dense_params_jobs_are_started_first_and_the_rest_keep_their_order():
+    from moerec.config import ExperimentConfig, resolve_variant
+
+    variants = ("moe", "dense-active", "dense-params")
+    to_train = [
+        ({"variant": variant, "seed": seed}, resolve_variant(ExperimentConfig(), variant))
+        for seed in (42, 43)
+        for variant in variants
+    ]
+    assert quality().slowest_first(to_train) == [2, 5, 0, 1, 3, 4]
+
+
 @pytest.mark.parametrize("jobs", ["0", "-1", "two"])
 def test_a_jobs_count_that_is_not_a_positive_whole_number_is_refused(jobs, capsys):
     with pytest.raises(SystemExit):
