@@ -489,7 +489,7 @@ def run_dataset(
 def slowest_first(to_train: list[tuple[dict, ExperimentConfig]]) -> list[int]:
     """Job indices with dense-params first, the rest in their order.
 
-    Dense-params is the slowest per epoch (four times dense-active's feed-forward) and usually
+    Dense-params is the slowest per epoch (four times dense-active's feed-forward) and often
     trains the most epochs; queued last behind two shorter jobs, it alone would run on for an
     hour or more with the other core idle.
     """
