@@ -504,7 +504,8 @@ def train_row(
     print(f"[{name}] training {label}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     curve: list[float] = []
-    result = train(dataset, config, progress=False, on_epoch=_progress(name, label, curve))
+    routing: list[dict[str, list[float]]] = []
+    result = train(dataset, config, progress=False, on_epoch=_progress(name, label, curve, routing))
     return {
         **labels,
         "valid": result.valid.metrics,
@@ -515,6 +516,7 @@ def train_row(
         "seconds_per_epoch": round(result.train_seconds / max(result.epochs_run, 1), 2),
         "wall_seconds": round(time.perf_counter() - started, 1),
         "valid_ndcg10_by_epoch": curve,
+        **({"routing_by_epoch": routing} if routing else {}),
         "cost": measure_cost(result.model).to_dict(),
         "routing": result.test.routing.to_dict(),
     }
@@ -612,14 +614,29 @@ def popularity_row(dataset: Dataset, config: ExperimentConfig) -> dict[str, Any]
     }
 
 
-def _progress(name: str, variant: str, curve: list[float]) -> Any:
+def _progress(
+    name: str,
+    variant: str,
+    curve: list[float],
+    routing: list[dict[str, list[float]]] | None = None,
+) -> Any:
     """Print each epoch's line and collect its validation NDCG@10 in ``curve`` (rounded), so
-    that runs can be compared epoch by epoch, not only at their best."""
+    that runs can be compared epoch by epoch, not only at their best. An MoE's training-time
+    routing entropy and load imbalance per layer go to ``routing``: whether its router
+    collapses or keeps specialising as it trains is read from them."""
 
     def report(record: dict[str, Any]) -> None:
         valid = record.get("valid", {})
         if "ndcg@10" in valid:
             curve.append(round(valid["ndcg@10"], 5))
+        layers = record.get("routing", {}).get("layers", [])
+        if routing is not None and layers:
+            routing.append(
+                {
+                    "entropy": [round(layer["entropy"], 3) for layer in layers],
+                    "imbalance": [round(layer["imbalance"], 3) for layer in layers],
+                }
+            )
         print(
             f"[{name}/{variant}] epoch {record['epoch']} loss {record['loss']:.4f} "
             f"valid ndcg@10 {valid.get('ndcg@10', float('nan')):.4f} "

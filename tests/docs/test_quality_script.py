@@ -148,6 +148,16 @@ def test_each_validated_epoch_is_recorded_for_the_row(capsys):
     assert "epoch 2 loss 8.9000 valid ndcg@10 nan" in capsys.readouterr().err
 
 
+def test_an_moe_records_its_routing_each_epoch_and_a_dense_model_records_none():
+    curve: list[float] = []
+    routing: list[dict[str, list[float]]] = []
+    report_epoch = quality()._progress("beauty", "moe", curve, routing)
+    layer = {"entropy": 1.50569, "imbalance": 1.2424, "load": [0.5, 0.5]}
+    report_epoch({"epoch": 1, "loss": 9.1, "train_seconds": 3, "routing": {"layers": [layer]}})
+    report_epoch({"epoch": 2, "loss": 8.9, "train_seconds": 6, "routing": {}})  # dense
+    assert routing == [{"entropy": [1.506], "imbalance": [1.242]}]
+
+
 def test_a_search_with_item_attributes_says_so_and_is_not_set_against_the_plain_run():
     q = quality()
     plain = report(trained_row("moe", 0.0568))
@@ -392,6 +402,10 @@ def test_models_trained_side_by_side_in_worker_processes_match_those_trained_one
     for one, other in zip(serial[1:], parallel[1:], strict=True):
         assert one["valid_ndcg10_by_epoch"] == other["valid_ndcg10_by_epoch"]
         assert one["test"] == other["test"]
+    moe, dense = serial[1:]
+    assert len(moe["routing_by_epoch"]) == moe["epochs_run"]
+    assert len(moe["routing_by_epoch"][0]["entropy"]) == len(moe["routing"]["layers"])
+    assert "routing_by_epoch" not in dense
 
 
 def test_dense_params_jobs_are_started_first_and_the_rest_keep_their_order():
