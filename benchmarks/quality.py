@@ -618,7 +618,7 @@ def _progress(
     name: str,
     variant: str,
     curve: list[float],
-    routing: list[dict[str, list[float]]] | None = None,
+    routing: list[dict[str, list[float]]],
 ) -> Any:
     """Print each epoch's line and collect its validation NDCG@10 in ``curve`` (rounded), so
     that runs can be compared epoch by epoch, not only at their best. An MoE's training-time
@@ -630,7 +630,7 @@ def _progress(
         if "ndcg@10" in valid:
             curve.append(round(valid["ndcg@10"], 5))
         layers = record.get("routing", {}).get("layers", [])
-        if routing is not None and layers:
+        if layers:
             routing.append(
                 {
                     "entropy": [round(layer["entropy"], 3) for layer in layers],

@@ -141,7 +141,7 @@ def test_a_finished_try_is_recognised_however_its_values_were_typed():
 
 def test_each_validated_epoch_is_recorded_for_the_row(capsys):
     curve: list[float] = []
-    report_epoch = quality()._progress("beauty", "moe", curve)
+    report_epoch = quality()._progress("beauty", "moe", curve, [])
     report_epoch({"epoch": 1, "loss": 9.1, "train_seconds": 3, "valid": {"ndcg@10": 0.0123456}})
     report_epoch({"epoch": 2, "loss": 8.9, "train_seconds": 6})  # an epoch not validated
     assert curve == [0.01235]
