@@ -177,6 +177,34 @@ def test_the_filter_is_a_decaying_mean_of_the_items_so_far_plus_beta_times_the_r
     assert torch.isfinite(out).all()
 
 
+def test_without_gradients_the_filter_reuses_its_kernel_until_the_decays_change():
+    layer = CausalFilter(4, MAX_LEN)
+    layer.beta.data.fill_(0.0)  # the output is then the decaying mean alone
+    x, present = torch.randn(3, 7, 4), torch.ones(3, 7, dtype=torch.bool)
+    present[0, :3] = False
+    for seq_len, last_only in itertools.product(range(1, MAX_LEN + 1), (False, True)):
+        with torch.no_grad():
+            kept = layer.kernel(seq_len, last_only)
+        assert torch.equal(kept, layer.kernel(seq_len, last_only))  # as built with gradients
+    with torch.no_grad():
+        before = layer(x, present)
+        assert torch.equal(before, layer(x, present))
+        assert layer.kernel(7).data_ptr() == layer.kernel(7).data_ptr()  # built once
+    # a new state (a reload, a training step) must not be served the old decays' kernel
+    layer.load_state_dict({**layer.state_dict(), "decay_logit": torch.zeros(4)})
+    with torch.no_grad():
+        after = layer(x, present)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, layer(x, present))
+    optimiser = torch.optim.SGD(layer.parameters(), lr=1.0)
+    layer(x, present).sum().backward()
+    optimiser.step()
+    with torch.no_grad():
+        stepped = layer(x, present)
+    torch.testing.assert_close(stepped, layer(x, present).detach())
+    assert not torch.allclose(stepped, after)
+
+
 def test_the_filter_draws_no_random_numbers_so_other_weights_start_the_same():
     torch.manual_seed(1)
     plain = SequentialRecommender(model_config())

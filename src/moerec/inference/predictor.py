@@ -218,7 +218,8 @@ class Predictor:
         results: dict[int, Recommendation] = {}
         if plain:  # the common case: one batched top-k
             k_max = min(max(queries[b].k for b in plain), self.model.config.num_items)
-            top_scores, top_items = scores[plain].topk(k_max, dim=1)
+            ranked = scores if len(plain) == len(queries) else scores[plain]  # no (B, V) copy
+            top_scores, top_items = ranked.topk(k_max, dim=1)
             item_rows, score_rows = top_items.tolist(), top_scores.tolist()
             for i, b in enumerate(plain):
                 k = queries[b].k
