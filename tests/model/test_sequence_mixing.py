@@ -203,6 +203,10 @@ def test_without_gradients_the_filter_reuses_its_kernel_until_the_decays_change(
         stepped = layer(x, present)
     torch.testing.assert_close(stepped, layer(x, present).detach())
     assert not torch.allclose(stepped, after)
+    with torch.inference_mode():  # parameters without a version counter: built each time
+        made_there = CausalFilter(4, MAX_LEN)
+        made_there.load_state_dict(layer.state_dict())
+        torch.testing.assert_close(made_there(x, present), stepped)
 
 
 def test_the_filter_draws_no_random_numbers_so_other_weights_start_the_same():

@@ -137,10 +137,11 @@ class CausalFilter(nn.Module):
 
         Without gradients (serving, evaluation) a kernel depends on the decays and the shape
         alone, so it is kept per shape until the decays change (in place or replaced): that
-        saves a dozen operations per block on every forward pass. Each shape is built exactly
-        as with gradients, so cached and fresh kernels agree bit for bit.
+        saves several operations per block on every forward pass. Each shape is built exactly
+        as with gradients, so cached and fresh kernels agree bit for bit. Parameters made under
+        ``torch.inference_mode`` keep no version to watch, so those are never cached.
         """
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or self.decay_logit.is_inference():
             return self._build_kernel(seq_len, last_only)
         stamp = (self.decay_logit._version, self.decay_logit.data_ptr())
         if stamp != self._kernels_stamp:
