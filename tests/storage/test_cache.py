@@ -364,6 +364,17 @@ def test_cache_keys_are_deterministic_and_ignore_parameter_order() -> None:
     assert anonymous.startswith(f"{ENTRY_PREFIX}rec:tiny/v0001:anon:")
 
 
+def test_cache_keys_stay_the_same_across_releases() -> None:
+    # Replicas on the old and the new release share a Redis cache during a rolling update.
+    params = {"k": 10, "exclude": ["a", "é"], "exclude_history": True, "candidates": None}
+    assert cache_key("rec", "tiny/v0001", "user-1", 7, params) == (
+        "moerec:rec:rec:tiny/v0001:u:757365722d31:7:3f1a0567e68f8016e5720f054db69092"
+    )
+    assert cache_key("rec", "tiny/v0001", None, "abc123", {"k": 10}) == (
+        "moerec:rec:rec:tiny/v0001:anon:33e8eaaa945a7d2e71a58da51c5ed48d"
+    )
+
+
 BASE: dict[str, Any] = {
     "namespace": "rec",
     "model_version": "tiny/v0001",
