@@ -157,18 +157,36 @@ def test_flush_empties_the_cache(open_cache: Callable[[], Any]) -> None:
 
 
 def test_local_expired_entries_are_freed_without_being_read() -> None:
-    from moerec.storage.cache import PURGE_EVERY_SETS
-
     clock = FakeClock()
-    cache = LocalCache(max_entries=10 * PURGE_EVERY_SETS, clock=clock)
+    cache = LocalCache(max_entries=10_000, clock=clock)
 
     async def body() -> None:
-        for i in range(PURGE_EVERY_SETS - 1):
+        for i in range(1000):
             await cache.set(key(f"old{i}"), b"x", 5)
         clock.now += 10  # every entry so far has expired; none is read again
-        await cache.set(key("fresh"), b"y", 5)  # the store that triggers the sweep
+        await cache.set(key("fresh"), b"y", 5)
         assert len(cache) == 1
         assert await cache.get(key("fresh")) == b"y"
+
+    asyncio.run(body())
+
+
+def test_local_an_entry_read_after_it_was_stored_is_freed_once_older_ones_expire() -> None:
+    clock = FakeClock()
+    cache = LocalCache(max_entries=100, clock=clock)
+
+    async def body() -> None:
+        await cache.set(key("a"), b"a", 5)
+        await cache.set(key("b"), b"b", 5)
+        clock.now += 1
+        assert await cache.get(key("a")) == b"a"  # "a" is now the most recently used
+        clock.now += 2
+        await cache.set(key("c"), b"c", 5)  # nothing has expired yet
+        assert len(cache) == 3
+        clock.now += 3  # "a" and "b" have expired, "c" has not
+        await cache.set(key("d"), b"d", 5)
+        assert len(cache) == 2
+        assert await cache.get(key("c")) == b"c"
 
     asyncio.run(body())
 

@@ -140,9 +140,6 @@ _EXPIRES: Final = 1
 _USER: Final = 2
 
 
-PURGE_EVERY_SETS = 1024
-
-
 class LocalCache:
     """An in-process LRU of at most ``max_entries`` values, each with its own expiry.
 
@@ -160,7 +157,6 @@ class LocalCache:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._by_user: dict[str, dict[str, None]] = {}
         self._lock = threading.Lock()  # nothing here awaits; the lock covers threaded callers
-        self._sets = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -202,15 +198,22 @@ class LocalCache:
             while len(self._entries) > self._max_entries:
                 oldest = next(iter(self._entries))
                 self._remove(oldest)
-            self._sets += 1
-            if self._sets % PURGE_EVERY_SETS == 0:
-                self._purge_expired(now)
+            self._free_expired(now)
 
-    def _purge_expired(self, now: float) -> None:
+    def _free_expired(self, now: float) -> None:
         """Expired entries are otherwise freed only when read again or evicted by size, so
-        the TTL would not bound memory; one sweep per ``PURGE_EVERY_SETS`` stores does."""
-        for key in [k for k, entry in self._entries.items() if entry[_EXPIRES] <= now]:
-            self._remove(key)
+        the TTL would not bound memory. Each store frees the expired entries at the least
+        recently used end, up to the first live one: a few dictionary operations, where a sweep
+        of the whole cache stalled the event loop (14 ms at 100,000 entries, every 1,024
+        stores). An entry read after it was stored moves to the other end; it is freed once
+        the entries used before it have expired too, at the first store after its last use
+        plus the longest TTL."""
+        entries = self._entries
+        while entries:
+            oldest = next(iter(entries))
+            if entries[oldest][_EXPIRES] > now:
+                return
+            self._remove(oldest)
 
     async def delete_user(self, user_id: str) -> int:
         """Drop the user's entries; how many were still live."""
