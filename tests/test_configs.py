@@ -31,3 +31,14 @@ def test_the_config_and_its_dense_baselines_are_valid(path: Path):
     assert widths["dense-params"] == moe.ffn_hidden_size * (
         moe.moe_num_experts + moe.moe_num_shared_experts
     )
+
+
+def test_the_feed_forward_label_names_experts_routing_and_width():
+    moe = ModelConfig(moe_num_experts=8, moe_top_k=2, ffn_hidden_size=128)
+    assert moe.feed_forward == "8x128 top-2"
+    top_p = moe.model_copy(update={"moe_router": "topp", "moe_top_p": 0.4})
+    assert top_p.feed_forward == "8x128 top-p 0.4 (2-4)"
+    shared = moe.model_copy(update={"moe_num_shared_experts": 1, "moe_top_k": 1})
+    assert shared.feed_forward == "8x128 top-1 +1 shared"
+    dense = resolve_variant(load_config(None).model_copy(update={"model": moe}), "dense-active")
+    assert dense.model.feed_forward == "256"

@@ -1041,6 +1041,7 @@ def registry_list(
                             "created_at": i.created_at,
                             "promoted": i.promoted,
                             "served": i.served,
+                            "model": i.model,
                             "metrics": i.metrics,
                             "problem": i.problem,
                         }
@@ -1050,8 +1051,10 @@ def registry_list(
             )
             return
         table = Table(title=str(model_dir))
-        for column in ("version", "created (UTC)", "valid ndcg@10", "test ndcg@10", "test hr@10"):
-            table.add_column(column, justify="left" if column[0] in "vc" else "right")
+        for column in ("version", "created (UTC)", "model (FFN)"):
+            table.add_column(column)
+        for column in ("valid ndcg@10", "test ndcg@10", "test hr@10"):
+            table.add_column(column, justify="right")
         table.add_column("status")
         for i in infos:
             status = "promoted, served" if i.promoted else "served (newest)" if i.served else ""
@@ -1059,7 +1062,8 @@ def registry_list(
                 status = ", ".join(filter(None, ["[red]unreadable[/]", status]))
             table.add_row(
                 i.name,
-                i.created_at or "",
+                (i.created_at or "")[:16].replace("T", " "),
+                i.model or "–",
                 _metric(i.metrics, "valid", "ndcg@10"),
                 _metric(i.metrics, "test", "ndcg@10"),
                 _metric(i.metrics, "test", "hr@10"),

@@ -198,6 +198,19 @@ class ModelConfig(_Strict):
         routed = self.moe_max_k if self.moe_router == "topp" else self.moe_top_k
         return routed + self.moe_num_shared_experts
 
+    @property
+    def feed_forward(self) -> str:
+        """The FFN in a few characters for tables: '8x128 top-2' (experts x width, routing) or
+        '256' (a dense FFN's width)."""
+        if not self.is_moe:
+            return str(self.ffn_hidden_size)
+        if self.moe_router == "topp":
+            routing = f"top-p {self.moe_top_p:g} ({self.moe_min_k}-{self.moe_max_k})"
+        else:
+            routing = f"top-{self.moe_top_k}"
+        shared = f" +{self.moe_num_shared_experts} shared" if self.moe_num_shared_experts else ""
+        return f"{self.moe_num_experts}x{self.ffn_hidden_size} {routing}{shared}"
+
 
 class TrainConfig(_Strict):
     """Optimisation: full-catalogue cross-entropy (or sampled softmax), AdamW, warm-up, clipping,

@@ -159,6 +159,7 @@ def test_registry_commands_promote_list_and_roll_back(trained_from_db, events_db
         ("v0002", True, False),
     ]
     assert versions[0]["metrics"]["test"]["ndcg@10"] >= 0
+    assert versions[0]["model"].startswith("moe ")
 
     assert runner.invoke(app, ["registry", "promote", model_dir, "v0001"]).exit_code == 0
     assert runner.invoke(app, ["registry", "promote", model_dir, "newest"]).exit_code == 0

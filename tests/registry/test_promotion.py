@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from moerec.config import resolve_variant
 from moerec.registry import (
     POINTER,
     ArtefactError,
@@ -14,7 +15,7 @@ from moerec.registry import (
     resolve_artefact,
     rollback,
 )
-from moerec.registry.artefact import WEIGHTS, save_artefact
+from moerec.registry.artefact import MANIFEST, MANIFEST_DIGEST, WEIGHTS, save_artefact, sha256_file
 from moerec.registry.promotion import HISTORY
 from tests.helpers import save_trained
 
@@ -156,6 +157,30 @@ def test_list_shows_metrics_and_which_version_is_served(model_dir):
     assert infos[0].created_at
     assert "ndcg@10" in infos[0].metrics["test"]
     assert "checksum mismatch" in (infos[1].problem or "")
+
+
+def test_list_names_each_versions_model_so_variants_compare_side_by_side(
+    model_dir, trained, tiny_dataset
+):
+    dense = resolve_variant(trained.config, "dense-active")
+    save_artefact(
+        model_dir.parent, model_dir.name, trained.model, dense, tiny_dataset.vocab,
+        trained.metrics(), tiny_dataset.fingerprint,
+    )  # fmt: skip
+    # v0002 as a release with a config field this one does not know would have written it
+    manifest = model_dir / "v0002" / MANIFEST
+    config = {**json.loads(manifest.read_text())["config"], "unknown": 1}
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "config": config}))
+    (model_dir / "v0002" / MANIFEST_DIGEST).write_text(sha256_file(manifest))
+
+    infos = list_promotions(model_dir)
+
+    moe = trained.config.model
+    assert infos[0].model == (
+        f"moe {moe.moe_num_experts}x{moe.ffn_hidden_size} top-{moe.moe_top_k}"
+    )
+    assert (infos[1].model, infos[1].problem) == (None, None)  # no label, still listed
+    assert infos[3].model == f"dense-active {moe.ffn_hidden_size * moe.active_experts}"
 
 
 def test_promote_needs_a_model_folder(tmp_path, model_dir):

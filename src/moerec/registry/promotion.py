@@ -25,6 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
+from moerec.config import ExperimentConfig
 from moerec.registry.artefact import (
     MANIFEST,
     ArtefactError,
@@ -62,6 +65,7 @@ class VersionInfo:
     path: Path
     created_at: str | None
     metrics: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None  # variant and feed-forward, e.g. 'moe 8x128 top-2'
     promoted: bool = False
     served: bool = False  # what a (re)started service loads: the promoted one, else the newest
     problem: str | None = None  # why its manifest cannot be read, if it cannot
@@ -107,20 +111,32 @@ def list_promotions(model_dir: Path | str) -> list[VersionInfo]:
         try:
             manifest = read_manifest(path)
             created, metrics, problem = manifest.get("created_at"), manifest.get("metrics"), None
+            model = _model_label(manifest.get("config"))
         except (ArtefactError, OSError) as exc:
-            created, metrics, problem = None, None, str(exc)
+            created, metrics, model, problem = None, None, None, str(exc)
         infos.append(
             VersionInfo(
                 name=path.name,
                 path=path,
                 created_at=created,
                 metrics=metrics if isinstance(metrics, dict) else {},
+                model=model,
                 promoted=path.name == promoted,
                 served=path.name == served,
                 problem=problem,
             )
         )
     return infos
+
+
+def _model_label(config: Any) -> str | None:
+    """'moe 8x128 top-2' or 'dense-active 256' from a manifest's config; None when this
+    release cannot read it."""
+    try:
+        experiment = ExperimentConfig.model_validate(config)
+    except ValidationError:
+        return None
+    return f"{experiment.variant} {experiment.model.feed_forward}"
 
 
 def history(model_dir: Path | str) -> list[PromotionRecord]:
