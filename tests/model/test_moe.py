@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import Tensor
 
+from moerec.model import moe
 from moerec.model.experts import FeedForward
-from moerec.model.moe import MoEFeedForward, expert_capacity, plan_dispatch
+from moerec.model.moe import GATHER_MAX_SLOTS, MoEFeedForward, expert_capacity, plan_dispatch
 from moerec.model.reference import reference_moe_forward
 from moerec.model.router import Routing
 
@@ -126,6 +127,39 @@ def test_empty_input_returns_empty_output(make_layer, num_experts):
     assert stats.dropped_slots.item() == 0
     assert stats.balance_loss.item() == 0.0
     assert not math.isnan(stats.entropy)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_inference_on_few_tokens_gathers_weights_and_equals_reference(make_layer, k, monkeypatch):
+    layer = make_layer(top_k=k)
+    xs = [tokens(n) for n in (1, 3, GATHER_MAX_SLOTS // k)]
+    with torch.no_grad():
+        sorted_results = [layer(x) for x in xs]
+        monkeypatch.setattr(moe, "plan_dispatch", _fail)  # the sorted path is not taken
+        for x, (y_sorted, stats_sorted) in zip(xs, sorted_results, strict=True):
+            y, stats = layer(x)
+            torch.testing.assert_close(y, reference_moe_forward(layer, x))
+            torch.testing.assert_close(y, y_sorted)
+            assert stats.expert_counts.tolist() == stats_sorted.expert_counts.tolist()
+            assert (stats.num_slots, stats.dropped_slots.item()) == (len(x) * k, 0)
+            assert torch.equal(stats.experts, stats_sorted.experts)
+
+
+def test_more_slots_training_top_p_and_capacity_keep_the_sorted_dispatch(make_layer, monkeypatch):
+    plans = []
+    monkeypatch.setattr(moe, "plan_dispatch", lambda *a: plans.append(1) or plan_dispatch(*a))
+    few = tokens(GATHER_MAX_SLOTS // 2)
+    with torch.no_grad():
+        make_layer(top_k=2)(tokens(GATHER_MAX_SLOTS // 2 + 1))
+        make_layer(router_mode="topp", top_p=0.6, min_k=1, max_k=2)(few)
+        make_layer(top_k=2, capacity_factor=1.0)(few)
+        make_layer(top_k=2).train()(few)
+    make_layer(top_k=2)(few)  # gradients wanted
+    assert len(plans) == 5
+
+
+def _fail(*args: object) -> None:
+    raise AssertionError("sorted dispatch used")
 
 
 @pytest.mark.parametrize("capacity_factor", [0.0, 0.5])

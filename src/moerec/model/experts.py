@@ -56,6 +56,13 @@ class Experts(nn.Module):
         h = F.gelu(torch.addmm(self.b_in[e], x, self.w_in[e]))  # (n_e, F)
         return torch.addmm(self.b_out[e], self.dropout(h), self.w_out[e])  # (n_e, D)
 
+    def slots_forward(self, x: Tensor, experts: Tensor) -> Tensor:
+        """Row i of x through expert ``experts[i]``, all rows in one batched matmul with each
+        row's weights gathered; no dropout, so for inference only. x: (S, D) -> (S, D)."""
+        rows = x.unsqueeze(1)  # (S, 1, D)
+        h = F.gelu(torch.baddbmm(self.b_in[experts].unsqueeze(1), rows, self.w_in[experts]))
+        return torch.baddbmm(self.b_out[experts].unsqueeze(1), h, self.w_out[experts]).squeeze(1)
+
     def load_dense(self, e: int, ffn: FeedForward) -> None:
         """Copy a dense FFN's weights into expert e (used to check 1-expert MoE == dense)."""
         with torch.no_grad():

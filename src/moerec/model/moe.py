@@ -7,6 +7,11 @@ scatter the weighted results back with ``index_add_``. Memory is O(slots × D); 
 was not routed to it. ``reference.py`` holds a per-token loop that must give the same answer.
 Shared experts (DeepSeekMoE), when configured, run on every token beside the routed ones.
 
+A handful of tokens at inference (one request: its history in the first block, one position
+in the last) takes a shorter path: each slot's expert weights are gathered and all slots run in
+one batched matmul. The sort, the per-expert loop and the scatter cost a fixed few dozen small
+operations, which dominate there; the arithmetic is the same k experts per token.
+
 Shapes: N tokens, D width, E experts, K slots per token, S kept slots (≤ N·K).
 """
 
@@ -54,6 +59,11 @@ def expert_capacity(capacity_factor: float, num_slots: int, num_experts: int) ->
     if capacity_factor <= 0:
         return None
     return max(1, math.ceil(capacity_factor * num_slots / num_experts))
+
+
+# Up to this many slots (N·K), inference gathers weights per slot instead of sorting. Past it
+# the gathered copies of the expert weights (S × D × F each) cost more than the sort saves.
+GATHER_MAX_SLOTS = 16
 
 
 @dataclass(frozen=True)
@@ -175,15 +185,44 @@ class MoEFeedForward(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, RoutingStats]:
         """x: (N, D) non-padding tokens -> (N, D), RoutingStats."""
         routing = self.router(x)
-        num_slots = int(routing.mask.sum())
-        capacity = expert_capacity(self.capacity_factor, num_slots, self.num_experts)
-        plan = plan_dispatch(routing, self.num_experts, capacity)
-        y = run_experts(self.experts, x, plan)
+        if self._gathers(routing):
+            y, demand = self._run_gathered(x, routing)
+            num_slots = kept = routing.experts.numel()  # top-k: every slot used, none dropped
+        else:
+            num_slots = int(routing.mask.sum())
+            capacity = expert_capacity(self.capacity_factor, num_slots, self.num_experts)
+            plan = plan_dispatch(routing, self.num_experts, capacity)
+            y = run_experts(self.experts, x, plan)
+            demand, kept = plan.demand, sum(plan.sizes)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
-        return y, self._stats(routing, plan, num_slots)
+        return y, self._stats(routing, demand, kept, num_slots)
 
-    def _stats(self, routing: Routing, plan: DispatchPlan, num_slots: int) -> RoutingStats:
+    def _gathers(self, routing: Routing) -> bool:
+        """Whether to take the gathered path: inference, every slot used (top-k), nothing to
+        drop, and few slots."""
+        return (
+            not self.training
+            and not torch.is_grad_enabled()
+            and self.router.mode == "topk"
+            and self.capacity_factor <= 0
+            and routing.experts.numel() <= GATHER_MAX_SLOTS
+        )
+
+    def _run_gathered(self, x: Tensor, routing: Routing) -> tuple[Tensor, Tensor]:
+        """(N, D) output and (E,) slots per expert, each slot run on its expert's gathered
+        weights."""
+        num_tokens, k = routing.experts.shape
+        slot_expert = routing.experts.reshape(-1)  # (N·K,) token-major
+        y_slots = self.experts.slots_forward(x.repeat_interleave(k, dim=0), slot_expert)
+        weights = routing.weights.to(x.dtype).unsqueeze(-1)  # (N, K, 1)
+        y = (y_slots.view(num_tokens, k, -1) * weights).sum(dim=1)  # (N, D)
+        demand = torch.bincount(slot_expert, minlength=self.num_experts)  # (E,)
+        return y, demand
+
+    def _stats(
+        self, routing: Routing, demand: Tensor, kept_slots: int, num_slots: int
+    ) -> RoutingStats:
         with torch.no_grad():
             log_probs = routing.probs.clamp_min(1e-12).log()
             entropy_sum = -(routing.probs * log_probs).sum()
@@ -199,8 +238,8 @@ class MoEFeedForward(nn.Module):
             else None
         )
         return RoutingStats(
-            expert_counts=plan.demand,
-            dropped_slots=plan.demand.sum() - plan.tokens.new_tensor(sum(plan.sizes)),
+            expert_counts=demand,
+            dropped_slots=demand.sum() - demand.new_tensor(kept_slots),
             num_tokens=routing.experts.shape[0],
             num_slots=num_slots,
             entropy_sum=entropy_sum,
