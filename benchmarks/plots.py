@@ -464,6 +464,13 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
     """Test NDCG@10 against experts per token, one point per trained top-p mass, beside the
     same data set's top-k MoE and its dense-active baseline (from its quality-<name>.json)."""
     sweeps = [r for r in results["quality"] if any("top_p" in row for row in r["rows"])]
+    # A retired config's curve is drawn only until the current config has one of its own.
+    current = {(r["dataset"], feature_mode(r)) for r in sweeps if not r.get("retired_until")}
+    sweeps = [
+        r
+        for r in sweeps
+        if not r.get("retired_until") or (r["dataset"], feature_mode(r)) not in current
+    ]
     if not sweeps:
         return None
     figure, axes = _figure(3.2, 1, len(sweeps))

@@ -120,3 +120,27 @@ def test_a_results_file_moved_aside_is_marked_and_left_out_of_the_current_ones(t
     reports = plots.load_results(tmp_path)["quality"]
     assert sorted(str(r.get("retired_until")) for r in reports) == ["2026-12-05", "None"]
     assert [r.get("retired_until") for r in plots.current(reports)] == [None]
+
+
+def test_the_top_p_curve_drops_a_retired_sweep_once_the_current_config_has_one(tmp_path):
+    import json
+
+    plots = plots_module()
+    config = {"model": {"hidden_size": 64, "moe_top_k": 2}, "train": {"seed": 42}}
+    rows = [
+        {"variant": "moe-topp", "top_p": p, "test": {"ndcg@10": 0.05 + p / 100},
+         "routing": {"experts_per_token": 2 + 2 * p}}
+        for p in (0.4, 0.8)
+    ]  # fmt: skip
+    retired = tmp_path / "quality-toys-topp-until-2026-12-05.json"
+    retired.write_text(json.dumps({"dataset": "toys", "config": config, "rows": rows}))
+
+    figure, _ = plots.top_p_curve(plots.load_results(tmp_path))
+    assert [ax.get_title() for ax in figure.axes] == [
+        "toys: quality against experts used\n(frozen config until 2026-12-05)"
+    ]
+
+    current = tmp_path / "quality-toys-topp.json"
+    current.write_text(json.dumps({"dataset": "toys", "config": config, "rows": rows}))
+    figure, _ = plots.top_p_curve(plots.load_results(tmp_path))
+    assert [ax.get_title() for ax in figure.axes] == ["toys: quality against experts used"]
