@@ -889,6 +889,29 @@ def _speed_section(report: dict[str, Any]) -> list[str]:
             f"{lat['p50']:.2f} | {lat['p95']:.2f} | {lat['p99']:.2f} | "
             f"{row['batch_scoring_users_per_s']:.0f} | {batched} | {row['peak_rss_mb']:.0f} |"
         )
+    return [*lines, "", *_dispatch_lines(report["rows"])]
+
+
+def _dispatch_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The MoE layer alone through both dispatch paths (the first row that measured it)."""
+    row = next((r for r in rows if r.get("moe_layer_us")), None)
+    if row is None:
+        return []
+    lines = [
+        f"One MoE layer alone at inference ({row['variant']}, {row['allocator']}), median "
+        "microseconds per call on N random tokens: the sorted dispatch (sort the slots by "
+        "expert, run each expert on its slice) against the gathered one (each slot's expert "
+        "weights gathered, one batched matmul), which the layer takes up to "
+        "`GATHER_MAX_SLOTS` slots.",
+        "",
+        "| tokens | slots | sorted µs | gathered µs | gathered / sorted |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for step in row["moe_layer_us"]:
+        lines.append(
+            f"| {step['tokens']} | {step['slots']} | {step['sorted']:.0f} | "
+            f"{step['gathered']:.0f} | {step['gathered'] / step['sorted']:.2f} |"
+        )
     return [*lines, ""]
 
 

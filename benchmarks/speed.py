@@ -4,7 +4,8 @@ Each (variant, allocator) pair runs in its own process, so peak memory and alloc
 own. Training: median seconds per step over real batches of the data set. Inference: latency of
 one user's top-10 request (Predictor.recommend, last position only), p50/p95/p99 over many
 requests, throughput of batched scoring, and latency/throughput with 32 concurrent clients
-through the MicroBatcher. Writes benchmarks/results/speed.json.
+through the MicroBatcher. For the MoE also one MoE layer alone on 1-32 tokens, through the
+sorted and the gathered dispatch. Writes benchmarks/results/speed.json.
 
     python benchmarks/speed.py --data DATA/amazon-beauty/Beauty.txt \\
         --config configs/quality-beauty.yaml
@@ -37,6 +38,7 @@ from moerec.data.synthetic import generate_interactions
 from moerec.evaluation.cost import measure_cost
 from moerec.inference import MicroBatcher, Predictor
 from moerec.model import SequentialRecommender
+from moerec.model.moe import MoEFeedForward
 from moerec.registry import load_artefact, save_artefact
 from moerec.runtime import active_allocator, jemalloc_environment, jemalloc_library
 from moerec.training import train_step
@@ -44,6 +46,7 @@ from moerec.training.optim import build_optimizer, build_scheduler
 from moerec.training.trainer import trainable_users, training_batches
 
 REPO = Path(__file__).resolve().parents[1]
+DISPATCH_TOKENS = (1, 2, 4, 6, 8, 12, 16, 24, 32)  # tokens through one MoE layer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +132,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     model = SequentialRecommender(config.model)
     step_times = time_training(model, dataset, config, args.steps)
     latencies, throughput, batched = time_inference(model, dataset, config, args.requests)
+    dispatch = time_dispatch(model, 20 if args.tiny else 300) if config.model.is_moe else None
     return {
         "variant": variant,
         "allocator": active_allocator(),
@@ -141,6 +145,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "micro_batched": batched,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cost": measure_cost(model).to_dict(),
+        **({"moe_layer_us": dispatch} if dispatch else {}),
     }
 
 
@@ -196,6 +201,33 @@ def time_inference(
     predictor.recommend(batch, k=10)
     throughput = len(batch) / (time.perf_counter() - started)
     return latencies, throughput, asyncio.run(time_micro_batched(predictor, histories, requests))
+
+
+def time_dispatch(model: SequentialRecommender, calls: int) -> list[dict[str, Any]]:
+    """Median microseconds per call of the first MoE layer at inference on N random tokens,
+    through the sorted dispatch and through the gathered one: where one overtakes the other
+    is what ``GATHER_MAX_SLOTS`` should be. An untrained router spreads the tokens over as
+    many experts as it can, the sorted path's worst case."""
+    layer = next(m for m in model.modules() if isinstance(m, MoEFeedForward)).eval()
+    default = layer.gather_max_slots
+    rows = []
+    with torch.no_grad():
+        for tokens in DISPATCH_TOKENS:
+            x = torch.randn(tokens, model.config.hidden_size)
+            row: dict[str, Any] = {"tokens": tokens, "slots": tokens * layer.router.slots}
+            for path, limit in (("sorted", 0), ("gathered", row["slots"])):
+                layer.gather_max_slots = limit
+                for _ in range(10):
+                    layer(x)
+                times = []
+                for _ in range(calls):
+                    started = time.perf_counter()
+                    layer(x)
+                    times.append(time.perf_counter() - started)
+                row[path] = statistics.median(times) * 1e6
+            rows.append(row)
+    layer.gather_max_slots = default
+    return rows
 
 
 async def time_micro_batched(

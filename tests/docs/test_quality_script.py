@@ -425,3 +425,30 @@ def test_a_jobs_count_that_is_not_a_positive_whole_number_is_refused(jobs, capsy
     with pytest.raises(SystemExit):
         quality().parse_args(["--tiny", "--jobs", jobs])
     assert "expected a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_the_speed_section_sets_the_two_moe_dispatch_paths_side_by_side():
+    speed = {
+        "measured_at": "2026-12-07",
+        "machine": {"cpus": 2, "torch": "2.13.0+cpu"},
+        "command": "python benchmarks/speed.py",
+        "rows": [
+            {
+                "variant": "moe",
+                "allocator": "jemalloc",
+                "train_step_s_median": 0.2,
+                "latency_ms": {"p50": 2.0, "p95": 3.0, "p99": 4.0},
+                "batch_scoring_users_per_s": 6000,
+                "peak_rss_mb": 800,
+                "moe_layer_us": [
+                    {"tokens": 1, "slots": 2, "sorted": 300.0, "gathered": 150.0},
+                    {"tokens": 32, "slots": 64, "sorted": 600.0, "gathered": 900.0},
+                ],
+            }
+        ],
+    }
+    text = "\n".join(quality()._speed_section(speed))
+    assert "| 1 | 2 | 300 | 150 | 0.50 |" in text
+    assert "| 32 | 64 | 600 | 900 | 1.50 |" in text
+    del speed["rows"][0]["moe_layer_us"]  # files measured before the gathered path
+    assert "gathered" not in "\n".join(quality()._speed_section(speed))

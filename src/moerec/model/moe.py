@@ -177,6 +177,7 @@ class MoEFeedForward(nn.Module):
         )
         self.capacity_factor_train = capacity_factor_train
         self.capacity_factor_eval = capacity_factor_eval
+        self.gather_max_slots = GATHER_MAX_SLOTS  # 0 turns the gathered path off
 
     @property
     def capacity_factor(self) -> float:
@@ -206,7 +207,7 @@ class MoEFeedForward(nn.Module):
             and not torch.is_grad_enabled()
             and self.router.mode == "topk"
             and self.capacity_factor <= 0
-            and routing.experts.numel() <= GATHER_MAX_SLOTS
+            and routing.experts.numel() <= self.gather_max_slots
         )
 
     def _run_gathered(self, x: Tensor, routing: Routing) -> tuple[Tensor, Tensor]:
