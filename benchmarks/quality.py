@@ -901,8 +901,8 @@ def _dispatch_lines(rows: list[dict[str, Any]]) -> list[str]:
         f"One MoE layer alone at inference ({row['variant']}, {row['allocator']}), median "
         "microseconds per call on N random tokens: the sorted dispatch (sort the slots by "
         "expert, run each expert on its slice) against the gathered one (each slot's expert "
-        "weights gathered, one batched matmul), which the layer takes up to "
-        "`GATHER_MAX_SLOTS` slots.",
+        "weights gathered, one batched matmul), which the layer takes while the gathered "
+        "weights stay within `moerec.model.moe.GATHER_BUDGET`.",
         "",
         "| tokens | slots | sorted µs | gathered µs | gathered / sorted |",
         "|---:|---:|---:|---:|---:|",

@@ -206,7 +206,7 @@ def time_inference(
 def time_dispatch(model: SequentialRecommender, calls: int) -> list[dict[str, Any]]:
     """Median microseconds per call of the first MoE layer at inference on N random tokens,
     through the sorted dispatch and through the gathered one: where one overtakes the other
-    is what ``GATHER_MAX_SLOTS`` should be. An untrained router spreads the tokens over as
+    is what ``GATHER_BUDGET`` should allow. An untrained router spreads the tokens over as
     many experts as it can, the sorted path's worst case."""
     layer = next(m for m in model.modules() if isinstance(m, MoEFeedForward)).eval()
     default = layer.gather_max_slots

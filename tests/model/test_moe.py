@@ -11,7 +11,7 @@ from torch import Tensor
 
 from moerec.model import moe
 from moerec.model.experts import FeedForward
-from moerec.model.moe import GATHER_MAX_SLOTS, MoEFeedForward, expert_capacity, plan_dispatch
+from moerec.model.moe import MoEFeedForward, expert_capacity, plan_dispatch
 from moerec.model.reference import reference_moe_forward
 from moerec.model.router import Routing
 
@@ -132,7 +132,7 @@ def test_empty_input_returns_empty_output(make_layer, num_experts):
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_inference_on_few_tokens_gathers_weights_and_equals_reference(make_layer, k, monkeypatch):
     layer = make_layer(top_k=k)
-    xs = [tokens(n) for n in (1, 3, GATHER_MAX_SLOTS // k)]
+    xs = [tokens(n) for n in (1, 3, layer.gather_max_slots // k)]
     with torch.no_grad():
         sorted_results = [layer(x) for x in xs]
         monkeypatch.setattr(moe, "plan_dispatch", _fail)  # the sorted path is not taken
@@ -148,14 +148,22 @@ def test_inference_on_few_tokens_gathers_weights_and_equals_reference(make_layer
 def test_more_slots_training_top_p_and_capacity_keep_the_sorted_dispatch(make_layer, monkeypatch):
     plans = []
     monkeypatch.setattr(moe, "plan_dispatch", lambda *a: plans.append(1) or plan_dispatch(*a))
-    few = tokens(GATHER_MAX_SLOTS // 2)
+    layer = make_layer(top_k=2)
+    few = tokens(layer.gather_max_slots // 2)
     with torch.no_grad():
-        make_layer(top_k=2)(tokens(GATHER_MAX_SLOTS // 2 + 1))
+        layer(tokens(layer.gather_max_slots // 2 + 1))
         make_layer(router_mode="topp", top_p=0.6, min_k=1, max_k=2)(few)
         make_layer(top_k=2, capacity_factor=1.0)(few)
         make_layer(top_k=2).train()(few)
-    make_layer(top_k=2)(few)  # gradients wanted
+    layer(few)  # gradients wanted
     assert len(plans) == 5
+
+
+@pytest.mark.parametrize(
+    ("hidden", "ffn", "slots"), [(64, 128, 32), (64, 256, 16), (256, 1024, 1), (512, 2048, 0)]
+)
+def test_the_gathered_path_takes_fewer_slots_the_larger_the_experts(hidden, ffn, slots):
+    assert MoEFeedForward(hidden, ffn, num_experts=4, dropout=0.0).gather_max_slots == slots
 
 
 def _fail(*args: object) -> None:

@@ -61,9 +61,11 @@ def expert_capacity(capacity_factor: float, num_slots: int, num_experts: int) ->
     return max(1, math.ceil(capacity_factor * num_slots / num_experts))
 
 
-# Up to this many slots (N·K), inference gathers weights per slot instead of sorting. Past it
-# the gathered copies of the expert weights (S × D × F each) cost more than the sort saves.
-GATHER_MAX_SLOTS = 16
+# Inference gathers weights per slot instead of sorting while each gathered copy of an expert
+# weight matrix (slots × D × F values) stays within this many values (1 MiB in fp32): 32 slots
+# at D = 64, F = 128. The sort's cost is fixed, the copies' grows with slots and expert size,
+# so past the budget sorting is cheaper (benchmarks/speed.py measures both).
+GATHER_BUDGET = 2**18
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,8 @@ class MoEFeedForward(nn.Module):
         )
         self.capacity_factor_train = capacity_factor_train
         self.capacity_factor_eval = capacity_factor_eval
-        self.gather_max_slots = GATHER_MAX_SLOTS  # 0 turns the gathered path off
+        # 0 turns the gathered path off
+        self.gather_max_slots = GATHER_BUDGET // (hidden_size * ffn_hidden_size)
 
     @property
     def capacity_factor(self) -> float:
