@@ -59,6 +59,7 @@ class Experts(nn.Module):
     def slots_forward(self, x: Tensor, experts: Tensor) -> Tensor:
         """Row i of x through expert ``experts[i]``, all rows in one batched matmul with each
         row's weights gathered; no dropout, so for inference only. x: (S, D) -> (S, D)."""
+
         def pick(weight: Tensor) -> Tensor:  # index_select: a quarter of indexing's overhead
             return weight.index_select(0, experts)
 
