@@ -46,7 +46,7 @@ from moerec.training.optim import build_optimizer, build_scheduler
 from moerec.training.trainer import trainable_users, training_batches
 
 REPO = Path(__file__).resolve().parents[1]
-DISPATCH_TOKENS = (1, 2, 4, 6, 8, 12, 16, 24, 32)  # tokens through one MoE layer
+DISPATCH_TOKENS = (1, 2, 4, 8, 16, 24, 32, 48, 64)  # tokens through one MoE layer
 
 
 def main(argv: list[str] | None = None) -> int:

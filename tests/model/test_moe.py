@@ -160,7 +160,7 @@ def test_more_slots_training_top_p_and_capacity_keep_the_sorted_dispatch(make_la
 
 
 @pytest.mark.parametrize(
-    ("hidden", "ffn", "slots"), [(64, 128, 32), (64, 256, 16), (256, 1024, 1), (512, 2048, 0)]
+    ("hidden", "ffn", "slots"), [(64, 128, 64), (64, 256, 32), (256, 1024, 2), (1024, 1024, 0)]
 )
 def test_the_gathered_path_takes_fewer_slots_the_larger_the_experts(hidden, ffn, slots):
     assert MoEFeedForward(hidden, ffn, num_experts=4, dropout=0.0).gather_max_slots == slots
