@@ -4,7 +4,7 @@ Each (variant, allocator) pair runs in its own process, so peak memory and alloc
 own. Training: median seconds per step over real batches of the data set. Inference: latency of
 one user's top-10 request (Predictor.recommend, last position only), p50/p95/p99 over many
 requests, throughput of batched scoring, and latency/throughput with 32 concurrent clients
-through the MicroBatcher. For the MoE also one MoE layer alone on 1-32 tokens, through the
+through the MicroBatcher. For the MoE also one MoE layer alone on 1-64 tokens, through the
 sorted and the gathered dispatch. Writes benchmarks/results/speed.json.
 
     python benchmarks/speed.py --data DATA/amazon-beauty/Beauty.txt \\
