@@ -53,6 +53,7 @@ bench-tiny: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/quality.py --tiny --variants dense-params --append --output-dir $(VENV)/bench-tiny
 	$(BIN)/python benchmarks/quality.py --tiny --variants moe --try model.num_heads=1 --try model.position_encoding=rotary,model.filter_mix=0.5 --output-dir $(VENV)/bench-tiny
 	$(BIN)/python benchmarks/speed.py --tiny --output $(VENV)/bench-tiny/speed.json
+	$(BIN)/python benchmarks/routing.py --tiny --output-dir $(VENV)/bench-tiny
 	$(BIN)/python benchmarks/distributed.py --tiny --output $(VENV)/bench-tiny/distributed.json
 	$(BIN)/python benchmarks/serving.py --tiny --output $(VENV)/bench-tiny/serving.json
 	$(BIN)/python benchmarks/soak.py --tiny --output $(VENV)/bench-tiny/soak.json
@@ -66,6 +67,14 @@ bench-quality: $(VENV)/.installed-dev
 
 bench-speed: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/speed.py --data $(DATA_ROOT)/amazon-beauty/Beauty.txt
+
+# One trained Beauty MoE served at top-1..4 and top-p: quality, FLOPs and latency per routing.
+.PHONY: bench-routing
+bench-routing: $(VENV)/.installed-dev
+	$(BIN)/moerec train --data $(DATA_ROOT)/amazon-beauty/Beauty.txt \
+		-c configs/quality-beauty.yaml --set train.num_threads=1 --name beauty
+	$(BIN)/python benchmarks/routing.py --model models/beauty \
+		--data $(DATA_ROOT)/amazon-beauty/Beauty.txt --docs docs/benchmarks.md
 
 # HTTP load test of `moerec serve` with wrk (apt-get install wrk); rewrites its docs section.
 .PHONY: bench-serving

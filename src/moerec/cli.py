@@ -16,6 +16,7 @@ from rich.table import Table
 
 from moerec import MoerecError
 from moerec.config import (
+    INFERENCE_ROUTING_FIELDS,
     VARIANTS,
     ExperimentConfig,
     ServiceSettings,
@@ -398,9 +399,23 @@ def evaluate(
     data: DataOpt,
     fmt: FormatOpt = "auto",
     split: Annotated[str, typer.Option(help="valid or test.")] = "test",
+    routing: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Route the trained MoE differently, without retraining (repeatable): "
+            "model.moe_top_k, model.moe_router (topk/topp), model.moe_top_p, model.moe_min_k, "
+            "model.moe_max_k or model.moe_capacity_factor_eval, e.g. --set model.moe_top_k=3.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
 ) -> None:
-    """Full-ranking HR/NDCG/MRR@5/10/20, coverage, expert load and cost of a saved model."""
+    """Full-ranking HR/NDCG/MRR@5/10/20, coverage, expert load and cost of a saved model.
+
+    With --set, the same weights route each token to a different number of experts: the
+    quality/cost trade-off of top-k or top-p at inference, measured without training again
+    (judge it on --split valid).
+    """
     from moerec.evaluation import evaluate as run_evaluation
     from moerec.evaluation.cost import measure_cost
     from moerec.registry import load_artefact
@@ -408,7 +423,14 @@ def evaluate(
     with user_errors():
         if split not in ("valid", "test"):
             raise MoerecError(f"--split must be valid or test, got {split!r}")
+        changes = _routing_changes(routing)
         artefact = load_artefact(model)
+        model_config = artefact.config.model
+        if changes:
+            try:
+                model_config = artefact.model.reroute(changes)
+            except ValueError as exc:
+                raise MoerecError(f"--set: {exc}") from None
         dataset = _matching_data(data, fmt, artefact)
         eval_set = dataset.split.valid if split == "valid" else dataset.split.test
         result = run_evaluation(artefact.model, eval_set, artefact.config.eval)
@@ -417,6 +439,8 @@ def evaluate(
             "model": str(artefact.path),
             "version": artefact.version,
             "variant": artefact.config.variant,
+            "feed_forward": model_config.feed_forward,
+            "routing_changes": {f"model.{key}": value for key, value in changes.items()},
             "split": split,
             **result.to_dict(),
             "cost": cost,
@@ -424,7 +448,10 @@ def evaluate(
         if as_json:
             out.print_json(json.dumps(report))
             return
-        table = Table(title=f"{artefact.path} on {split} ({result.num_users:,} users)")
+        title = f"{artefact.path} on {split} ({result.num_users:,} users)"
+        if changes:
+            title += f", routed {model_config.feed_forward}"
+        table = Table(title=title)
         table.add_column("metric")
         table.add_column("value", justify="right")
         for key, value in result.metrics.items():
@@ -432,6 +459,21 @@ def evaluate(
         for key, value in cost.items():
             table.add_row(key, f"{value:,.3g}" if isinstance(value, float) else f"{value:,}")
         out.print(table)
+
+
+def _routing_changes(pairs: list[str] | None) -> dict[str, Any]:
+    """``evaluate --set`` pairs as ModelConfig field changes; only routing may change."""
+    changes = {}
+    for key, value in parse_overrides(pairs).items():
+        section, _, field = key.partition(".")
+        if section != "model" or field not in INFERENCE_ROUTING_FIELDS:
+            allowed = ", ".join(f"model.{name}" for name in INFERENCE_ROUTING_FIELDS)
+            raise MoerecError(
+                f"--set {key}: a trained model can only change how it routes ({allowed}); "
+                "to change anything else, train with `moerec train --set`"
+            )
+        changes[field] = value
+    return changes
 
 
 def _matching_data(data: Path, fmt: str, artefact: Any) -> Any:

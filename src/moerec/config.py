@@ -212,6 +212,18 @@ class ModelConfig(_Strict):
         return f"{self.moe_num_experts}x{self.ffn_hidden_size} {routing}{shared}"
 
 
+# Model settings a trained MoE can change without retraining: how many and which experts a
+# token uses at inference, and the inference capacity. Everything else shapes the weights.
+INFERENCE_ROUTING_FIELDS = (
+    "moe_router",
+    "moe_top_k",
+    "moe_top_p",
+    "moe_min_k",
+    "moe_max_k",
+    "moe_capacity_factor_eval",
+)
+
+
 class TrainConfig(_Strict):
     """Optimisation: full-catalogue cross-entropy (or sampled softmax), AdamW, warm-up, clipping,
     early stopping."""
@@ -413,10 +425,14 @@ def _validated(
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{where}invalid config: {problems}") from None
+        raise ConfigError(f"{where}invalid config: {validation_problems(exc)}") from None
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """Pydantic's errors as one line: ``model.moe_top_k: Input should be ...; ...``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in exc.errors()
+    )
 
 
 # --------------------------------------------------------------------------- service settings

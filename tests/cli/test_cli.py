@@ -78,6 +78,52 @@ def test_evaluate_json_uses_the_project_metric_schema(model_dir, data_file):
     assert report["cost"]["flops_per_request"] > 0
 
 
+def test_evaluate_routes_the_trained_model_to_more_or_fewer_experts(model_dir, data_file):
+    def evaluate(*routing: str) -> dict:
+        args = ["evaluate", "--model", str(model_dir), "--data", str(data_file), "--json"]
+        result = runner.invoke(app, [*args, *routing])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    trained = evaluate()
+    one = evaluate("--set", "model.moe_top_k=1")
+    three = evaluate("--set", "model.moe_top_k=3")
+    top_p = evaluate("--set", "model.moe_router=topp", "--set", "model.moe_max_k=4")
+
+    assert trained["feed_forward"] == "4x32 top-2"
+    assert trained["routing_changes"] == {}
+    assert three["feed_forward"] == "4x32 top-3"
+    assert three["routing_changes"] == {"model.moe_top_k": 3}
+    assert top_p["feed_forward"] == "4x32 top-p 0.6 (2-4)"
+    for report, k in ((one, 1), (trained, 2), (three, 3)):
+        assert report["routing"]["experts_per_token"] == pytest.approx(k)
+        assert report["cost"]["experts_per_token"] == pytest.approx(k)
+    assert 2 <= top_p["routing"]["experts_per_token"] <= 4
+    flops = [r["cost"]["ffn_flops_per_request"] for r in (one, trained, three)]
+    assert flops[0] < flops[1] < flops[2]
+    assert one["metrics"] != trained["metrics"]  # the same weights, scored differently
+
+
+@pytest.mark.parametrize(
+    ("routing", "message"),
+    [
+        ("model.hidden_size=16", "can only change how it routes"),
+        ("train.epochs=3", "can only change how it routes"),
+        ("model.moe_top_k=9", "cannot exceed moe_num_experts"),
+        ("model.moe_router=sometimes", "moe_router"),
+        ("model.moe_top_k", "expects key=value"),
+    ],
+)
+def test_evaluate_refuses_routing_the_weights_cannot_follow(model_dir, data_file, routing, message):
+    result = runner.invoke(
+        app,
+        ["evaluate", "--model", str(model_dir), "--data", str(data_file), "--set", routing],
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
 def test_recommend_for_one_user_shows_items_and_experts(model_dir, data_file):
     result = runner.invoke(
         app,

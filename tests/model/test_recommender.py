@@ -203,3 +203,56 @@ def test_tiny_model_overfits_a_fixed_batch(config, router_mode):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"moe_top_k": 1},
+        {"moe_top_k": 3},
+        {"moe_router": "topp", "moe_top_p": 0.5, "moe_min_k": 1, "moe_max_k": 4},
+        {"moe_capacity_factor_eval": 1.0},
+    ],
+)
+def test_rerouting_a_trained_model_equals_building_it_with_that_routing(config, model, changes):
+    """Same weights, new routing: exactly the model a config with that routing would build."""
+    batch = torch.randint(1, NUM_ITEMS + 1, (5, MAX_LEN))
+    rebuilt = SequentialRecommender(config.model_copy(update=changes)).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    before = model(batch).hidden
+
+    new_config = model.reroute(changes)
+
+    assert new_config == rebuilt.config
+    assert model.config == new_config
+    with torch.no_grad():
+        out, expected = model(batch), rebuilt(batch)
+    torch.testing.assert_close(out.hidden, expected.hidden)
+    for ours, theirs in zip(out.routing, expected.routing, strict=True):
+        assert torch.equal(ours.expert_counts, theirs.expert_counts)
+    if changes.get("moe_top_k", 2) != 2:
+        assert not torch.allclose(out.hidden, before)  # the change took effect
+        assert out.routing[0].experts.shape[1] == changes["moe_top_k"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"moe_top_k": 5}, "cannot exceed moe_num_experts"),
+        ({"moe_top_k": 0}, "greater than or equal to 1"),
+        ({"ffn_hidden_size": 64}, "ffn_hidden_size cannot change on a trained model"),
+        ({"moe_num_experts": 8}, "train a new model instead"),
+    ],
+)
+def test_rerouting_refuses_what_the_weights_cannot_do(model, changes, message):
+    routers = [(b.ffn.router.mode, b.ffn.router.top_k) for b in model.blocks]
+    with pytest.raises(ValueError, match=message):
+        model.reroute(changes)
+    assert [(b.ffn.router.mode, b.ffn.router.top_k) for b in model.blocks] == routers
+    assert model.config.moe_top_k == 2
+
+
+def test_a_dense_model_has_no_routing_to_change(config):
+    dense = SequentialRecommender(dense_variant(config, "dense-active"))
+    with pytest.raises(ValueError, match="dense model has no router"):
+        dense.reroute({"moe_top_k": 1})

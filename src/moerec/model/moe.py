@@ -187,6 +187,30 @@ class MoEFeedForward(nn.Module):
     def capacity_factor(self) -> float:
         return self.capacity_factor_train if self.training else self.capacity_factor_eval
 
+    def set_routing(
+        self,
+        mode: str,
+        top_k: int,
+        top_p: float,
+        min_k: int,
+        max_k: int,
+        capacity_factor_eval: float,
+    ) -> None:
+        """Route differently from now on, with the same weights: the router scores every
+        expert, so any selection rule over its probabilities is defined on a trained layer."""
+        if mode not in ("topk", "topp"):
+            raise ValueError(f"router mode must be 'topk' or 'topp', got {mode!r}")
+        slots = max_k if mode == "topp" else top_k
+        if not 1 <= slots <= self.num_experts or (mode == "topp" and min_k > max_k):
+            raise ValueError(
+                f"cannot route to {slots} of {self.num_experts} experts "
+                f"(top_k {top_k}, min_k {min_k}, max_k {max_k})"
+            )
+        router = self.router
+        router.mode, router.top_k, router.top_p = mode, top_k, top_p
+        router.min_k, router.max_k = min_k, max_k
+        self.capacity_factor_eval = capacity_factor_eval
+
     def forward(self, x: Tensor) -> tuple[Tensor, RoutingStats]:
         """x: (N, D) non-padding tokens -> (N, D), RoutingStats."""
         routing = self.router(x)

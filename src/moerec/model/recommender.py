@@ -14,16 +14,24 @@ Shapes: B batch, T positions, D width, V catalogue size + 1 (column 0 is padding
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import Tensor, nn
 
-from moerec.config import GAP_BUCKETS, HOUR_BUCKETS, ModelConfig
+from moerec.config import (
+    GAP_BUCKETS,
+    HOUR_BUCKETS,
+    INFERENCE_ROUTING_FIELDS,
+    ModelConfig,
+    validation_problems,
+)
 from moerec.model.dropout import Dropout
 from moerec.model.encoder import Block, attention_mask
 from moerec.model.experts import Experts
-from moerec.model.moe import RoutingStats
+from moerec.model.moe import MoEFeedForward, RoutingStats
 
 PADDING_ID = 0
 
@@ -280,6 +288,38 @@ class SequentialRecommender(nn.Module):
         The training loss uses this form: no -inf padding column to trip label smoothing.
         """
         return hidden @ self.item_table(1).T  # (..., V - 1)
+
+    def reroute(self, changes: dict[str, Any]) -> ModelConfig:
+        """Change the trained MoE's routing at inference (``INFERENCE_ROUTING_FIELDS`` only,
+        e.g. ``{"moe_top_k": 3}``) in every MoE layer; returns the config now in force.
+
+        Raises ValueError for a dense model, for a field that would need retraining, or for
+        values the config does not accept (e.g. more experts per token than there are).
+        """
+        if not self.config.is_moe:
+            raise ValueError("a dense model has no router to change")
+        fixed = sorted(set(changes) - set(INFERENCE_ROUTING_FIELDS))
+        if fixed:
+            raise ValueError(
+                f"{', '.join(fixed)} cannot change on a trained model (only "
+                f"{', '.join(INFERENCE_ROUTING_FIELDS)} can); train a new model instead"
+            )
+        try:
+            config = ModelConfig.model_validate({**self.config.model_dump(), **changes})
+        except ValidationError as exc:
+            raise ValueError(f"routing: {validation_problems(exc)}") from None
+        for block in self.blocks:
+            if isinstance(block.ffn, MoEFeedForward):
+                block.ffn.set_routing(
+                    config.moe_router,
+                    config.moe_top_k,
+                    config.moe_top_p,
+                    config.moe_min_k,
+                    config.moe_max_k,
+                    config.moe_capacity_factor_eval,
+                )
+        self.config = config
+        return config
 
     def encode_users(
         self, item_seq: Tensor, context: Tensor | None = None
