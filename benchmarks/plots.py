@@ -116,6 +116,10 @@ def load_results(results_dir: Path) -> Results:
         path = results_dir / f"{key}.json"
         if path.is_file():
             results[key] = json.loads(path.read_text(encoding="utf-8"))
+    results["routing"] = [
+        json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(results_dir.glob("routing-*.json"))
+    ]
     for path in sorted(results_dir.glob("quality-*.json")):
         report = json.loads(path.read_text(encoding="utf-8"))
         until = retired_until(path)
@@ -489,6 +493,21 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
         )
         for x, y, p in points:
             ax.annotate(f"p={p:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        rerouted = next(
+            (r for r in results.get("routing", []) if r["name"] == sweep["dataset"]), None
+        )
+        if rerouted is not None and not sweep.get("retired_until"):
+            at_inference = sorted(
+                (row["experts_per_token"], row["test"]["ndcg@10"]) for row in rerouted["rows"]
+            )
+            ax.plot(
+                [x for x, _ in at_inference],
+                [y for _, y in at_inference],
+                marker="x",
+                linestyle=":",
+                color="tab:gray",
+                label=f"one {rerouted['model']['feed_forward']} model, routed at inference",
+            )
         plain = variants_run(results["quality"], sweep)
         rows = {row["variant"]: row for row in plain["rows"]} if plain else {}
         if "moe" in rows:
@@ -531,13 +550,17 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
         ax.legend(loc="lower right")
     return figure, Plot(
         "top-p-curve.png",
-        "quality-*-topp.json",
+        "quality-*-topp.json` and `routing-*.json"
+        if results.get("routing")
+        else "quality-*-topp.json",
         "Test NDCG@10 against routed experts per token for MoE models trained with top-p routing",
         "One MoE model trained per probability mass p with top-p routing (the smallest expert set "
         "whose router probability reaches p, clamped to 2..4): its test NDCG@10 against the mean "
         "number of routed experts per token it used on the test set. The square is the top-k "
         "MoE of the same data set, with a vertical line from its lowest to its highest result "
-        "over seeds where a seed sweep exists; the dashed line its dense-active baseline.",
+        "over seeds where a seed sweep exists; the dashed line its dense-active baseline. Where "
+        "benchmarks/routing.py has measured it, the dotted grey line is one top-k model trained "
+        "once and served with other routings (top-1..4, top-p over 1..4 experts).",
     )
 
 

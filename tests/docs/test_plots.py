@@ -144,3 +144,34 @@ def test_the_top_p_curve_drops_a_retired_sweep_once_the_current_config_has_one(t
     current.write_text(json.dumps({"dataset": "toys", "config": config, "rows": rows}))
     figure, _ = plots.top_p_curve(plots.load_results(tmp_path))
     assert [ax.get_title() for ax in figure.axes] == ["toys: quality against experts used"]
+
+
+def test_the_top_p_curve_adds_one_model_routed_at_inference_when_measured(tmp_path):
+    import json
+
+    plots = plots_module()
+    config = {"model": {"hidden_size": 64, "moe_top_k": 2}, "train": {"seed": 42}}
+    rows = [
+        {"variant": "moe-topp", "top_p": p, "test": {"ndcg@10": 0.05 + p / 100},
+         "routing": {"experts_per_token": 2 + 2 * p}}
+        for p in (0.4, 0.8)
+    ]  # fmt: skip
+    (tmp_path / "quality-toys-topp.json").write_text(
+        json.dumps({"dataset": "toys", "config": config, "rows": rows})
+    )
+    figure, plot = plots.top_p_curve(plots.load_results(tmp_path))
+    assert len(figure.axes[0].get_lines()) == 1
+    assert "routing-" not in plot.source
+
+    rerouted = [{"experts_per_token": k, "test": {"ndcg@10": 0.05 + k / 1000}} for k in (3, 1, 2)]
+    (tmp_path / "routing-toys.json").write_text(
+        json.dumps({"name": "toys", "model": {"feed_forward": "8x128 top-2"}, "rows": rerouted})
+    )
+    figure, plot = plots.top_p_curve(plots.load_results(tmp_path))
+    line = next(
+        line for line in figure.axes[0].get_lines() if "routed at inference" in line.get_label()
+    )
+    assert line.get_label() == "one 8x128 top-2 model, routed at inference"
+    assert list(line.get_xdata()) == [1, 2, 3]  # ordered by experts per token
+    assert list(line.get_ydata()) == pytest.approx([0.051, 0.052, 0.053])
+    assert "routing-*.json" in plot.source
