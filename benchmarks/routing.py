@@ -56,13 +56,20 @@ DOCS_END = "<!-- routing:end -->"
 # Absolute routings (every routing field given), so each row is what its label says whatever
 # the model was trained with.
 DEFAULT_ROUTINGS = (
-    "model.moe_router=topk,model.moe_top_k=1",
-    "model.moe_router=topk,model.moe_top_k=2",
-    "model.moe_router=topk,model.moe_top_k=3",
-    "model.moe_router=topk,model.moe_top_k=4",
-    "model.moe_router=topp,model.moe_top_p=0.5,model.moe_min_k=1,model.moe_max_k=4",
-    "model.moe_router=topp,model.moe_top_p=0.7,model.moe_min_k=1,model.moe_max_k=4",
-    "model.moe_router=topp,model.moe_top_p=0.9,model.moe_min_k=1,model.moe_max_k=4",
+    "model.moe_router=topk,model.moe_top_k=1,model.moe_capacity_factor_eval=0",
+    "model.moe_router=topk,model.moe_top_k=2,model.moe_capacity_factor_eval=0",
+    "model.moe_router=topk,model.moe_top_k=3,model.moe_capacity_factor_eval=0",
+    "model.moe_router=topk,model.moe_top_k=4,model.moe_capacity_factor_eval=0",
+    "model.moe_router=topp,model.moe_top_p=0.5,model.moe_min_k=1,model.moe_max_k=4,"
+    "model.moe_capacity_factor_eval=0",
+    "model.moe_router=topp,model.moe_top_p=0.7,model.moe_min_k=1,model.moe_max_k=4,"
+    "model.moe_capacity_factor_eval=0",
+    "model.moe_router=topp,model.moe_top_p=0.9,model.moe_min_k=1,model.moe_max_k=4,"
+    "model.moe_capacity_factor_eval=0",
+    # Capacity at inference: each expert takes at most cf * slots / E of an evaluation batch's
+    # slots, the rest pass through the residual (a single request never reaches it).
+    "model.moe_router=topk,model.moe_top_k=2,model.moe_capacity_factor_eval=1.0",
+    "model.moe_router=topk,model.moe_top_k=2,model.moe_capacity_factor_eval=1.25",
 )
 ROUNDS = 5  # latency rounds; every routing is timed once per round
 
@@ -216,19 +223,25 @@ def measure_quality(
         config = model.reroute(changes)
     except ValueError as exc:
         raise MoerecError(f"--routing: {exc}") from None
-    print(f"[routing] {config.feed_forward}", file=sys.stderr)
+    label = config.feed_forward
+    if config.moe_capacity_factor_eval > 0:
+        label += f", capacity {config.moe_capacity_factor_eval:g}"
+    print(f"[routing] {label}", file=sys.stderr)
     settings = artefact.config.eval
     valid = evaluate(model, dataset.split.valid, settings)
     test = evaluate(model, dataset.split.test, settings)
     cost = measure_cost(model)
     trained = artefact.config.model
+    layers = test.routing.to_dict()["layers"]
     return {
+        "label": label,
         "feed_forward": config.feed_forward,
         "trained": all(getattr(trained, f) == v for f, v in changes.items()),
         "routing": {f"model.{f}": v for f, v in changes.items()},
         "valid": _metrics(valid.metrics),
         "test": _metrics(test.metrics),
         "experts_per_token": test.routing.to_dict()["experts_per_token"],
+        "dropped_fraction": sum(layer["dropped_fraction"] for layer in layers) / len(layers),
         "ffn_flops_per_request": cost.ffn_flops_per_request,
         "flops_per_request": cost.flops_per_request,
     }
@@ -299,7 +312,9 @@ def render_section(reports: list[dict[str, Any]]) -> str:
         "",
         "One trained MoE served with other routings, the weights unchanged (`moerec evaluate "
         "--set model.moe_top_k=…` does the same for one routing). Experts per token are routed "
-        "experts over the test users' tokens; FLOPs are one request's feed-forward FLOPs; "
+        "experts over the test users' tokens, slots dropped the share of them over an "
+        "expert's capacity (evaluation batches; a lone request never reaches it); FLOPs are "
+        "one request's feed-forward FLOPs; "
         "latency is one user's top-10 request, one torch thread, the routings interleaved. "
         "Choose on validation.",
     ]
@@ -325,24 +340,26 @@ def render_report(report: dict[str, Any]) -> list[str]:
         f"`{report['command']}` ({report['measured_at']}, {m['cpu_model']}, {m['cpus']} CPUs, "
         f"{report['threads']} thread; {report['requests_per_routing']} requests per routing)",
         "",
-        "| routing | experts per token | FFN MFLOPs per request | request p50 / p95 ms "
-        "| valid NDCG@10 | test NDCG@10 | test HR@10 |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| routing | experts per token | slots dropped | FFN MFLOPs per request "
+        "| request p50 / p95 ms | valid NDCG@10 | test NDCG@10 | test HR@10 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        label = r["feed_forward"] + (" (as trained)" if r["trained"] else "")
+        label = r["label"] + (" (as trained)" if r["trained"] else "")
         change = (r["valid"]["ndcg@10"] / base["valid"]["ndcg@10"] - 1) * 100
         delta = "" if r is base else f" ({change:+.1f}%)"
         lat = r["latency_ms"]
+        dropped = f"{r['dropped_fraction']:.1%}" if r.get("dropped_fraction") else "—"
         lines.append(
-            f"| {label} | {r['experts_per_token']:.2f} | {r['ffn_flops_per_request'] / 1e6:.2f} "
+            f"| {label} | {r['experts_per_token']:.2f} | {dropped} "
+            f"| {r['ffn_flops_per_request'] / 1e6:.2f} "
             f"| {lat['p50']:.2f} / {lat['p95']:.2f} | {r['valid']['ndcg@10']:.4f}{delta} "
             f"| {r['test']['ndcg@10']:.4f} | {r['test']['hr@10']:.4f} |"
         )
     best = max(rows, key=lambda r: r["valid"]["ndcg@10"])
     lines += [
         "",
-        f"Best on validation: {best['feed_forward']} ({best['valid']['ndcg@10']:.4f}, "
+        f"Best on validation: {best['label']} ({best['valid']['ndcg@10']:.4f}, "
         f"{best['experts_per_token']:.2f} experts per token).",
     ]
     return lines

@@ -25,12 +25,16 @@ def tiny_report(tmp_path_factory):
 
 def test_every_default_routing_the_model_allows_is_measured_on_the_same_weights(tiny_report):
     _, report = tiny_report
-    rows = {r["feed_forward"]: r for r in report["rows"]}
+    rows = {r["label"]: r for r in report["rows"]}
     assert list(rows) == [
         "4x32 top-1", "4x32 top-2", "4x32 top-3", "4x32 top-4",
         "4x32 top-p 0.5 (1-4)", "4x32 top-p 0.7 (1-4)", "4x32 top-p 0.9 (1-4)",
+        "4x32 top-2, capacity 1", "4x32 top-2, capacity 1.25",
     ]  # fmt: skip
-    assert [r["trained"] for r in rows.values()] == [False, True] + [False] * 5
+    assert [r["trained"] for r in rows.values()] == [False, True] + [False] * 7
+    assert rows["4x32 top-2"]["dropped_fraction"] == 0
+    tight, loose = rows["4x32 top-2, capacity 1"], rows["4x32 top-2, capacity 1.25"]
+    assert tight["dropped_fraction"] > loose["dropped_fraction"] > 0
     top_k = [rows[f"4x32 top-{k}"] for k in (1, 2, 3, 4)]
     assert [r["experts_per_token"] for r in top_k] == [1.0, 2.0, 3.0, 4.0]
     flops = [r["ffn_flops_per_request"] for r in top_k]
