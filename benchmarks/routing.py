@@ -300,10 +300,21 @@ def write_docs(path: Path, results_dir: Path) -> None:
         for p in sorted(results_dir.glob("routing-*.json"))
     ]
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    section = render_section(reports)
     path.write_text(
-        docs_section.splice_section(text, render_section(reports), DOCS_BEGIN, DOCS_END),
+        docs_section.splice_section(text, section, DOCS_BEGIN, DOCS_END, _after_quality),
         encoding="utf-8",
     )
+
+
+def _after_quality(text: str, block: str) -> str:
+    """A new section goes right after the quality section (appended when there is none)."""
+    marker = "<!-- quality:end -->\n"
+    at = text.find(marker)
+    if at == -1:
+        return (text.rstrip("\n") + "\n\n" if text.strip() else "") + block
+    at += len(marker)
+    return text[:at] + "\n" + block + text[at:]
 
 
 def render_section(reports: list[dict[str, Any]]) -> str:

@@ -62,6 +62,19 @@ def test_the_docs_section_renders_each_results_file_and_keeps_the_rest(tiny_repo
     assert page.read_text(encoding="utf-8") == text  # rerendering changes nothing
 
 
+def test_the_section_goes_after_the_quality_section(tiny_report, tmp_path):
+    out, _ = tiny_report
+    page = tmp_path / "benchmarks.md"
+    page.write_text(
+        "# B\n\n<!-- quality:begin x -->\nq\n<!-- quality:end -->\n\n<!-- serving:begin -->\n",
+        encoding="utf-8",
+    )
+    routing().main(["--render-only", "--docs", str(page), "--output-dir", str(out)])
+    text = page.read_text(encoding="utf-8")
+    assert text.index("<!-- quality:end -->") < text.index("## Routing at inference")
+    assert text.index("<!-- routing:end -->") < text.index("<!-- serving:begin -->")
+
+
 def test_a_routing_outside_the_inference_fields_is_refused():
     trained = SimpleNamespace(config=SimpleNamespace(model=ModelConfig()))
     with pytest.raises(MoerecError, match="only moe_router"):
