@@ -1185,6 +1185,92 @@ def registry_promote(
         )
 
 
+@registry_app.command("reroute")
+def registry_reroute(
+    model: ModelOpt,
+    data: DataOpt,
+    routing: Annotated[
+        list[str],
+        typer.Option(
+            "--set",
+            help="The new routing (repeatable): model.moe_top_k, model.moe_router (topk/topp), "
+            "model.moe_top_p, model.moe_min_k, model.moe_max_k or "
+            "model.moe_capacity_factor_eval, e.g. --set model.moe_top_k=1.",
+            show_default=False,
+        ),
+    ],
+    fmt: FormatOpt = "auto",
+) -> None:
+    """Save a trained MoE with another routing as the model's next version: same weights,
+    new config, evaluated on the data (validation and test) so that `registry list` and the
+    quality gates of `registry promote` judge it like any other version.
+
+    Nothing is served until it is promoted (or A/B tested with MOEREC_AB_MODEL_PATH).
+    """
+    from moerec.evaluation import evaluate as run_evaluation
+    from moerec.registry import NEWEST, load_artefact, promote, promoted_version, save_artefact
+
+    with user_errors():
+        changes = _routing_changes(routing)
+        if not changes:
+            raise MoerecError("--set: give the routing to change, e.g. --set model.moe_top_k=1")
+        source = load_artefact(model)
+        try:
+            model_config = source.model.reroute(changes)
+        except ValueError as exc:
+            raise MoerecError(f"--set: {exc}") from None
+        dataset = _matching_data(data, fmt, source)
+        settings = source.config.eval
+        valid = run_evaluation(source.model, dataset.split.valid, settings)
+        test = run_evaluation(source.model, dataset.split.test, settings)
+        kept = ("best_epoch", "epochs_run", "train_seconds")
+        metrics = {
+            "valid": valid.metrics,
+            "test": test.metrics,
+            **{
+                key: source.manifest["metrics"][key]
+                for key in kept
+                if key in source.manifest.get("metrics", {})
+            },
+            "routing": test.routing.to_dict(),
+        }
+        config = source.config.model_copy(update={"model": model_config})
+        model_dir = source.path.parent
+        if promoted_version(model_dir) is None:
+            # Unpromoted, a folder serves its newest version: the new one would go live as
+            # soon as it is written. Pinning what is served now keeps serving unchanged.
+            pinned = promote(model_dir, NEWEST, {}, None, "valid.ndcg@10")
+            out.print(
+                f"promoted {pinned.version} in {model_dir}, the version served now, so that "
+                "the new version is not served until you promote it",
+                highlight=False,
+                soft_wrap=True,
+            )
+        path = save_artefact(
+            model_dir.parent,
+            model_dir.name,
+            source.model,
+            config,
+            source.vocab,
+            metrics,
+            source.manifest.get("data_fingerprint", ""),
+            extra={
+                "derived_from": {
+                    "version": source.version,
+                    "routing_changes": {f"model.{k}": v for k, v in changes.items()},
+                }
+            },
+        )
+        before = _metric(source.manifest.get("metrics", {}), "valid", "ndcg@10")
+        out.print(
+            f"saved {path} ({model_config.feed_forward}; valid ndcg@10 "
+            f"{valid.metrics['ndcg@10']:.4f}, {source.version} {before}); serve it with "
+            f"`moerec registry promote {model_dir} {path.name}`",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def _metric_floors(specs: list[str]) -> dict[str, float]:
     floors = {}
     for spec in specs:

@@ -124,6 +124,70 @@ def test_evaluate_refuses_routing_the_weights_cannot_follow(model_dir, data_file
     assert "Traceback" not in result.output
 
 
+def test_registry_reroute_saves_the_same_weights_with_new_routing_as_a_new_version(
+    model_dir, data_file, tmp_path
+):
+    import shutil
+
+    import torch
+
+    from moerec.registry import load_artefact, promoted_version
+
+    folder = tmp_path / "cli"
+    shutil.copytree(model_dir, folder)
+    args = ["registry", "reroute", "--model", str(folder), "--data", str(data_file)]
+
+    result = runner.invoke(app, [*args, "--set", "model.moe_top_k=1"])
+
+    assert result.exit_code == 0, result.output
+    assert "promoted v0001" in result.output  # pinned: serving does not change by itself
+    assert promoted_version(folder) == "v0001"
+    assert "saved" in result.output
+    assert "4x32 top-1" in result.output
+    original, rerouted = load_artefact(folder / "v0001"), load_artefact(folder / "v0002")
+    assert rerouted.config.model.moe_top_k == 1
+    assert rerouted.config.model.feed_forward == "4x32 top-1"
+    assert rerouted.manifest["derived_from"] == {
+        "version": "v0001",
+        "routing_changes": {"model.moe_top_k": 1},
+    }
+    for key, tensor in original.model.state_dict().items():
+        assert torch.equal(tensor, rerouted.model.state_dict()[key]), key
+    evaluated = runner.invoke(
+        app,
+        ["evaluate", "--model", str(folder / "v0002"), "--data", str(data_file), "--json"],
+    )
+    report = json.loads(evaluated.output)
+    assert rerouted.manifest["metrics"]["test"] == report["metrics"]
+    assert report["routing"]["experts_per_token"] == pytest.approx(1.0)
+
+    listed = runner.invoke(app, ["registry", "list", str(folder), "--json"])
+    models = {v["version"]: v["model"] for v in json.loads(listed.output)}
+    assert models == {"v0001": "moe 4x32 top-2", "v0002": "moe 4x32 top-1"}
+
+    again = runner.invoke(app, [*args, "--set", "model.moe_top_k=3"])
+    assert again.exit_code == 0, again.output
+    assert "promoted" not in again.output.split("saved")[0]  # a pointer exists: left alone
+    assert promoted_version(folder) == "v0001"
+    assert (folder / "v0003").is_dir()
+
+
+def test_registry_reroute_refuses_what_the_weights_cannot_do(model_dir, data_file, tmp_path):
+    import shutil
+
+    folder = tmp_path / "cli"
+    shutil.copytree(model_dir, folder)
+    args = ["registry", "reroute", "--model", str(folder), "--data", str(data_file)]
+    for routing, message in (
+        ("model.ffn_hidden_size=8", "can only change how it routes"),
+        ("model.moe_top_k=5", "cannot exceed moe_num_experts"),
+    ):
+        result = runner.invoke(app, [*args, "--set", routing])
+        assert result.exit_code == 2, result.output
+        assert message in result.output
+    assert sorted(p.name for p in folder.glob("v*")) == ["v0001"]
+
+
 def test_recommend_for_one_user_shows_items_and_experts(model_dir, data_file):
     result = runner.invoke(
         app,
