@@ -163,7 +163,7 @@ def test_registry_reroute_saves_the_same_weights_with_new_routing_as_a_new_versi
 
     listed = runner.invoke(app, ["registry", "list", str(folder), "--json"])
     models = {v["version"]: v["model"] for v in json.loads(listed.output)}
-    assert models == {"v0001": "moe 4x32 top-2", "v0002": "moe 4x32 top-1"}
+    assert models == {"v0001": "moe 4x32 top-2", "v0002": "moe 4x32 top-1, rerouted v0001"}
 
     again = runner.invoke(app, [*args, "--set", "model.moe_top_k=3"])
     assert again.exit_code == 0, again.output

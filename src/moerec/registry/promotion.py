@@ -112,6 +112,9 @@ def list_promotions(model_dir: Path | str) -> list[VersionInfo]:
             manifest = read_manifest(path)
             created, metrics, problem = manifest.get("created_at"), manifest.get("metrics"), None
             model = _model_label(manifest.get("config"))
+            source = manifest.get("derived_from")
+            if model and isinstance(source, dict) and source.get("version"):
+                model += f", rerouted {source['version']}"  # same weights (registry reroute)
         except (ArtefactError, OSError) as exc:
             created, metrics, model, problem = None, None, None, str(exc)
         infos.append(
