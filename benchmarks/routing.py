@@ -29,6 +29,7 @@ Run it with nothing else on the machine: the latencies are wall-clock times.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -133,6 +134,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         if args.tiny:
             artefact, dataset = tiny_model(Path(tmp))
@@ -165,6 +167,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "data": Path(dataset.source).name,
         },
         "threads": args.threads,
+        # what else ran: the latencies are wall-clock times
+        "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
         "requests_per_routing": args.requests,
         "rows": rows,
     }
@@ -341,6 +345,14 @@ def render_section(reports: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _load(report: dict[str, Any]) -> str:
+    """The 1-minute load average before and after the run: above ~0 something else ran."""
+    load = report.get("load_average")
+    if not load:
+        return "not recorded"
+    return f"{load['before'][0]:.1f} before, {load['after'][0]:.1f} after"
+
+
 def render_report(report: dict[str, Any]) -> list[str]:
     model, m = report["model"], report["machine"]
     rows = report["rows"]
@@ -349,7 +361,8 @@ def render_report(report: dict[str, Any]) -> list[str]:
         f"### {model['data']}: {model['variant']} {model['feed_forward']} as trained",
         "",
         f"`{report['command']}` ({report['measured_at']}, {m['cpu_model']}, {m['cpus']} CPUs, "
-        f"{report['threads']} thread; {report['requests_per_routing']} requests per routing)",
+        f"{report['threads']} thread; {report['requests_per_routing']} requests per routing; "
+        f"load average {_load(report)})",
         "",
         "| routing | experts per token | slots dropped | FFN MFLOPs per request "
         "| request p50 / p95 ms | valid NDCG@10 | test NDCG@10 | test HR@10 |",
