@@ -498,7 +498,10 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
         )
         if rerouted is not None and not sweep.get("retired_until"):
             at_inference = sorted(
-                (row["experts_per_token"], row["test"]["ndcg@10"]) for row in rerouted["rows"]
+                (row["experts_per_token"], row["test"]["ndcg@10"])
+                for row in rerouted["rows"]
+                # capacity rows drop slots at the same experts per token: not on this curve
+                if not row.get("routing", {}).get("model.moe_capacity_factor_eval")
             )
             ax.plot(
                 [x for x, _ in at_inference],

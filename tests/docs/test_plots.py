@@ -164,6 +164,8 @@ def test_the_top_p_curve_adds_one_model_routed_at_inference_when_measured(tmp_pa
     assert "routing-" not in plot.source
 
     rerouted = [{"experts_per_token": k, "test": {"ndcg@10": 0.05 + k / 1000}} for k in (3, 1, 2)]
+    capacity = {"model.moe_capacity_factor_eval": 1.0}  # drops slots: not on the curve
+    rerouted.append({"experts_per_token": 2, "test": {"ndcg@10": 0.04}, "routing": capacity})
     (tmp_path / "routing-toys.json").write_text(
         json.dumps({"name": "toys", "model": {"feed_forward": "8x128 top-2"}, "rows": rerouted})
     )
