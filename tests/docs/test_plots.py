@@ -122,26 +122,30 @@ def test_a_results_file_moved_aside_is_marked_and_left_out_of_the_current_ones(t
     assert [r.get("retired_until") for r in plots.current(reports)] == [None]
 
 
+TOYS_TOP_P_SWEEP = {
+    "dataset": "toys",
+    "config": {"model": {"hidden_size": 64, "moe_top_k": 2}, "train": {"seed": 42}},
+    "rows": [
+        {"variant": "moe-topp", "top_p": p, "test": {"ndcg@10": 0.05 + p / 100},
+         "routing": {"experts_per_token": 2 + 2 * p}}
+        for p in (0.4, 0.8)
+    ],
+}  # fmt: skip
+
+
 def test_the_top_p_curve_drops_a_retired_sweep_once_the_current_config_has_one(tmp_path):
     import json
 
     plots = plots_module()
-    config = {"model": {"hidden_size": 64, "moe_top_k": 2}, "train": {"seed": 42}}
-    rows = [
-        {"variant": "moe-topp", "top_p": p, "test": {"ndcg@10": 0.05 + p / 100},
-         "routing": {"experts_per_token": 2 + 2 * p}}
-        for p in (0.4, 0.8)
-    ]  # fmt: skip
-    retired = tmp_path / "quality-toys-topp-until-2026-12-05.json"
-    retired.write_text(json.dumps({"dataset": "toys", "config": config, "rows": rows}))
+    sweep = json.dumps(TOYS_TOP_P_SWEEP)
+    (tmp_path / "quality-toys-topp-until-2026-12-05.json").write_text(sweep)
 
     figure, _ = plots.top_p_curve(plots.load_results(tmp_path))
     assert [ax.get_title() for ax in figure.axes] == [
         "toys: quality against experts used\n(frozen config until 2026-12-05)"
     ]
 
-    current = tmp_path / "quality-toys-topp.json"
-    current.write_text(json.dumps({"dataset": "toys", "config": config, "rows": rows}))
+    (tmp_path / "quality-toys-topp.json").write_text(sweep)
     figure, _ = plots.top_p_curve(plots.load_results(tmp_path))
     assert [ax.get_title() for ax in figure.axes] == ["toys: quality against experts used"]
 
@@ -150,15 +154,7 @@ def test_the_top_p_curve_adds_one_model_routed_at_inference_when_measured(tmp_pa
     import json
 
     plots = plots_module()
-    config = {"model": {"hidden_size": 64, "moe_top_k": 2}, "train": {"seed": 42}}
-    rows = [
-        {"variant": "moe-topp", "top_p": p, "test": {"ndcg@10": 0.05 + p / 100},
-         "routing": {"experts_per_token": 2 + 2 * p}}
-        for p in (0.4, 0.8)
-    ]  # fmt: skip
-    (tmp_path / "quality-toys-topp.json").write_text(
-        json.dumps({"dataset": "toys", "config": config, "rows": rows})
-    )
+    (tmp_path / "quality-toys-topp.json").write_text(json.dumps(TOYS_TOP_P_SWEEP))
     figure, plot = plots.top_p_curve(plots.load_results(tmp_path))
     assert len(figure.axes[0].get_lines()) == 1
     assert "routing-" not in plot.source
