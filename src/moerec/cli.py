@@ -1211,9 +1211,7 @@ def registry_reroute(
     from moerec.registry import NEWEST, load_artefact, promote, promoted_version, save_artefact
 
     with user_errors():
-        changes = _routing_changes(routing)
-        if not changes:
-            raise MoerecError("--set: give the routing to change, e.g. --set model.moe_top_k=1")
+        changes = _routing_changes(routing)  # --set is required: never empty
         source = load_artefact(model)
         try:
             model_config = source.model.reroute(changes)
@@ -1223,14 +1221,12 @@ def registry_reroute(
         settings = source.config.eval
         valid = run_evaluation(source.model, dataset.split.valid, settings)
         test = run_evaluation(source.model, dataset.split.test, settings)
-        kept = ("best_epoch", "epochs_run", "train_seconds")
+        trained = source.manifest.get("metrics", {})  # how the weights came about stays true
         metrics = {
             "valid": valid.metrics,
             "test": test.metrics,
             **{
-                key: source.manifest["metrics"][key]
-                for key in kept
-                if key in source.manifest.get("metrics", {})
+                k: trained[k] for k in ("best_epoch", "epochs_run", "train_seconds") if k in trained
             },
             "routing": test.routing.to_dict(),
         }
@@ -1261,7 +1257,7 @@ def registry_reroute(
                 }
             },
         )
-        before = _metric(source.manifest.get("metrics", {}), "valid", "ndcg@10")
+        before = _metric(trained, "valid", "ndcg@10")
         out.print(
             f"saved {path} ({model_config.feed_forward}; valid ndcg@10 "
             f"{valid.metrics['ndcg@10']:.4f}, {source.version} {before}); serve it with "
