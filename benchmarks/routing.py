@@ -42,7 +42,13 @@ import torch
 import docs_section
 from machine import machine_info
 from moerec import MoerecError
-from moerec.config import INFERENCE_ROUTING_FIELDS, ExperimentConfig, load_config, parse_overrides
+from moerec.config import (
+    INFERENCE_ROUTING_FIELDS,
+    ExperimentConfig,
+    load_config,
+    parse_overrides,
+    routing_changes,
+)
 from moerec.data.dataset import Dataset, dataset_from_interactions, load_dataset
 from moerec.data.synthetic import generate_interactions
 from moerec.evaluation import evaluate
@@ -211,12 +217,8 @@ def absolute_routing(artefact: Artefact, pairs: str) -> dict[str, Any]:
     """``model.moe_top_k=3,...`` -> every routing field, the unset ones as trained."""
     trained = artefact.config.model
     changes = {field: getattr(trained, field) for field in INFERENCE_ROUTING_FIELDS}
-    for key, value in parse_overrides(pairs.split(","), "--routing").items():
-        section, _, field = key.partition(".")
-        if section != "model" or field not in INFERENCE_ROUTING_FIELDS:
-            raise MoerecError(f"--routing {key}: only {', '.join(INFERENCE_ROUTING_FIELDS)}")
-        changes[field] = value
-    return changes
+    overrides = parse_overrides(pairs.split(","), "--routing")
+    return {**changes, **routing_changes(overrides, "--routing")}
 
 
 def measure_quality(

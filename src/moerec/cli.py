@@ -16,13 +16,13 @@ from rich.table import Table
 
 from moerec import MoerecError
 from moerec.config import (
-    INFERENCE_ROUTING_FIELDS,
     VARIANTS,
     ExperimentConfig,
     ServiceSettings,
     load_config,
     parse_overrides,
     resolve_variant,
+    routing_changes,
 )
 
 app = typer.Typer(
@@ -423,7 +423,7 @@ def evaluate(
     with user_errors():
         if split not in ("valid", "test"):
             raise MoerecError(f"--split must be valid or test, got {split!r}")
-        changes = _routing_changes(routing)
+        changes = routing_changes(parse_overrides(routing))
         artefact = load_artefact(model)
         model_config = artefact.config.model
         if changes:
@@ -459,21 +459,6 @@ def evaluate(
         for key, value in cost.items():
             table.add_row(key, f"{value:,.3g}" if isinstance(value, float) else f"{value:,}")
         out.print(table)
-
-
-def _routing_changes(pairs: list[str] | None) -> dict[str, Any]:
-    """``evaluate --set`` pairs as ModelConfig field changes; only routing may change."""
-    changes = {}
-    for key, value in parse_overrides(pairs).items():
-        section, _, field = key.partition(".")
-        if section != "model" or field not in INFERENCE_ROUTING_FIELDS:
-            allowed = ", ".join(f"model.{name}" for name in INFERENCE_ROUTING_FIELDS)
-            raise MoerecError(
-                f"--set {key}: a trained model can only change how it routes ({allowed}); "
-                "to change anything else, train with `moerec train --set`"
-            )
-        changes[field] = value
-    return changes
 
 
 def _matching_data(data: Path, fmt: str, artefact: Any) -> Any:
@@ -1211,7 +1196,7 @@ def registry_reroute(
     from moerec.registry import NEWEST, load_artefact, promote, promoted_version, save_artefact
 
     with user_errors():
-        changes = _routing_changes(routing)  # --set is required: never empty
+        changes = routing_changes(parse_overrides(routing))  # --set is required: never empty
         source = load_artefact(model)
         try:
             model_config = source.model.reroute(changes)

@@ -224,6 +224,22 @@ INFERENCE_ROUTING_FIELDS = (
 )
 
 
+def routing_changes(overrides: dict[str, Any], option: str = "--set") -> dict[str, Any]:
+    """Dotted overrides (``model.moe_top_k``) as ModelConfig routing fields; anything else a
+    trained model cannot follow is refused, naming ``option``."""
+    changes = {}
+    for key, value in overrides.items():
+        section, _, field = key.partition(".")
+        if section != "model" or field not in INFERENCE_ROUTING_FIELDS:
+            allowed = ", ".join(f"model.{name}" for name in INFERENCE_ROUTING_FIELDS)
+            raise ConfigError(
+                f"{option} {key}: a trained model can only change how it routes ({allowed}); "
+                "to change anything else, train with `moerec train --set`"
+            )
+        changes[field] = value
+    return changes
+
+
 class TrainConfig(_Strict):
     """Optimisation: full-catalogue cross-entropy (or sampled softmax), AdamW, warm-up, clipping,
     early stopping."""

@@ -77,7 +77,7 @@ def test_the_section_goes_after_the_quality_section(tiny_report, tmp_path):
 
 def test_a_routing_outside_the_inference_fields_is_refused():
     trained = SimpleNamespace(config=SimpleNamespace(model=ModelConfig()))
-    with pytest.raises(MoerecError, match="only moe_router"):
+    with pytest.raises(MoerecError, match="can only change how it routes"):
         routing().absolute_routing(trained, "model.hidden_size=32")
     changes = routing().absolute_routing(trained, "model.moe_top_k=3")
     assert changes["moe_top_k"] == 3

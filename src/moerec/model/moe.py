@@ -197,15 +197,8 @@ class MoEFeedForward(nn.Module):
         capacity_factor_eval: float,
     ) -> None:
         """Route differently from now on, with the same weights: the router scores every
-        expert, so any selection rule over its probabilities is defined on a trained layer."""
-        if mode not in ("topk", "topp"):
-            raise ValueError(f"router mode must be 'topk' or 'topp', got {mode!r}")
-        slots = max_k if mode == "topp" else top_k
-        if not 1 <= slots <= self.num_experts or (mode == "topp" and min_k > max_k):
-            raise ValueError(
-                f"cannot route to {slots} of {self.num_experts} experts "
-                f"(top_k {top_k}, min_k {min_k}, max_k {max_k})"
-            )
+        expert, so any selection rule over its probabilities is defined on a trained layer.
+        Values as ModelConfig validates them (``SequentialRecommender.reroute`` does)."""
         router = self.router
         router.mode, router.top_k, router.top_p = mode, top_k, top_p
         router.min_k, router.max_k = min_k, max_k
