@@ -36,6 +36,7 @@ from moerec.config import load_config, parse_overrides
 from moerec.data.dataset import load_dataset
 from moerec.data.synthetic import generate_interactions, write_csv
 from moerec.training.trainer import trainable_users
+from recording import command_line
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = [
@@ -61,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run(args, data, overrides, processes, work / f"p{processes}", sequences))
     base = rows[0]["sequences_per_s"]
     report = {
-        "command": command_line(argv if argv is not None else sys.argv[1:], args.data),
+        "command": command_line(
+            "distributed.py", argv if argv is not None else sys.argv[1:], args.data
+        ),
         "machine": machine_info(),
         "measured_at": time.strftime("%Y-%m-%d"),
         "data": data.name if args.data else "synthetic",
@@ -157,12 +160,6 @@ def run(
         "final_loss": epochs[-1]["loss"],
         "wall_seconds": round(wall, 2),
     }
-
-
-def command_line(argv: list[str], data: Path | None) -> str:
-    """This run's command, with the local data folder shown as DATA."""
-    shown = [f"DATA/{data.parent.name}/{data.name}" if data and a == str(data) else a for a in argv]
-    return "python benchmarks/distributed.py " + " ".join(shown)
 
 
 if __name__ == "__main__":

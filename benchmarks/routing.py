@@ -44,17 +44,17 @@ from machine import machine_info
 from moerec import MoerecError
 from moerec.config import (
     INFERENCE_ROUTING_FIELDS,
-    ExperimentConfig,
     load_config,
     parse_overrides,
     routing_changes,
 )
-from moerec.data.dataset import Dataset, dataset_from_interactions, load_dataset
+from moerec.data.dataset import Dataset, dataset_from_interactions
 from moerec.data.synthetic import generate_interactions
 from moerec.evaluation import evaluate
 from moerec.evaluation.cost import measure_cost
 from moerec.inference import Predictor
 from moerec.registry import Artefact, load_artefact, save_artefact
+from recording import command_line, percentiles
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             name = args.name or "tiny"
         else:
             artefact = load_artefact(args.model)
-            dataset = matching_data(args.data, args.format, artefact)
+            dataset = artefact.load_data(args.data, None if args.format == "auto" else args.format)
             name = args.name or args.data.stem.lower()
         if not artefact.config.model.is_moe:
             raise MoerecError(f"{artefact.path} is a dense model: it has no routing to change")
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         row["latency_ms"] = percentiles(times)
     trained = artefact.config.model
     return {
-        "command": command_line(argv, args.data),
+        "command": command_line("routing.py", argv, args.data),
         "measured_at": time.strftime("%Y-%m-%d"),
         "machine": machine_info(),
         "name": name,
@@ -180,12 +180,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     }
 
 
-def command_line(argv: list[str], data: Path | None) -> str:
-    """This run's command, with the local data folder shown as DATA."""
-    shown = [f"DATA/{data.parent.name}/{data.name}" if data and a == str(data) else a for a in argv]
-    return "python benchmarks/routing.py " + " ".join(shown)
-
-
 def tiny_model(root: Path) -> tuple[Artefact, Dataset]:
     from moerec.training import train
 
@@ -201,16 +195,6 @@ def tiny_model(root: Path) -> tuple[Artefact, Dataset]:
         dataset.fingerprint,
     )  # fmt: skip
     return load_artefact(path), dataset
-
-
-def matching_data(path: Path, fmt: str, artefact: Artefact) -> Dataset:
-    """The data the model was trained on; another catalogue is refused."""
-    config: ExperimentConfig = artefact.config
-    data_config = config.data.model_copy(update={"item_features": None})
-    dataset = load_dataset(path, data_config, None if fmt == "auto" else fmt)
-    if dataset.vocab.item_ids != artefact.vocab.item_ids:
-        raise MoerecError(f"{path}: not the item catalogue {artefact.path} was trained on")
-    return dataset
 
 
 def absolute_routing(artefact: Artefact, pairs: str) -> dict[str, Any]:
@@ -281,11 +265,6 @@ def time_requests(
                     predictor.recommend([history], k=10)
                     times[i].append((time.perf_counter() - started) * 1000)
     return times
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    q = np.percentile(values, [50, 95, 99])
-    return {"p50": float(q[0]), "p95": float(q[1]), "p99": float(q[2]), "n": len(values)}
 
 
 def _json(report: dict[str, Any]) -> str:

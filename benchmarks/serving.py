@@ -59,6 +59,7 @@ import numpy as np
 
 import docs_section
 from machine import machine_info
+from recording import command_line
 
 REPO = Path(__file__).resolve().parents[1]
 LUA_SCRIPT = REPO / "benchmarks" / "wrk" / "users.lua"
@@ -176,12 +177,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def command_line(argv: Sequence[str], data: Path | None) -> str:
-    """This run's command, with the local data folder shown as DATA."""
-    shown = [f"DATA/{data.parent.name}/{data.name}" if data and a == str(data) else a for a in argv]
-    return " ".join(["python benchmarks/serving.py", *shown])
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -248,7 +243,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     ratio = uncached["rps"] / ceiling_rps if ceiling_rps else 0.0
     model_config = artefact.config.model
     return {
-        "command": command_line(argv, args.data),
+        "command": command_line("serving.py", argv, args.data),
         "measured_at": time.strftime("%Y-%m-%d"),
         "machine": _machine(wrk),
         "load_average": {"before": list(load_before), "after": list(load_after)},

@@ -61,6 +61,7 @@ from urllib.parse import quote
 import numpy as np
 
 import docs_section
+from recording import command_line
 from serving import (
     UNLIMITED,
     BenchmarkError,
@@ -73,7 +74,6 @@ from serving import (
     _prepare_model,
     _proc_cpu,
     _users_and_histories,
-    command_line,
     machine_cpu,
     parse_metrics,
 )
@@ -245,7 +245,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     report = analyse(args, traffic, outcome)
     report.update(
         {
-            "command": _command(argv, args.data),
+            "command": command_line("soak.py", argv, args.data),
             "measured_at": time.strftime("%Y-%m-%d"),
             "machine": _machine_info(),
             "load_average": {
@@ -331,10 +331,6 @@ def _event_loop_run(main: Any) -> dict[str, Any]:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         result = runner.run(main())
     return result
-
-
-def _command(argv: Sequence[str], data: Path | None) -> str:
-    return command_line(argv, data).replace("benchmarks/serving.py", "benchmarks/soak.py", 1)
 
 
 def _machine_info() -> dict[str, Any]:

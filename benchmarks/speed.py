@@ -44,6 +44,7 @@ from moerec.runtime import active_allocator, jemalloc_environment, jemalloc_libr
 from moerec.training import train_step
 from moerec.training.optim import build_optimizer, build_scheduler
 from moerec.training.trainer import trainable_users, training_batches
+from recording import command_line, percentiles
 
 REPO = Path(__file__).resolve().parents[1]
 DISPATCH_TOKENS = (1, 2, 4, 8, 16, 24, 32, 48, 64)  # tokens through one MoE layer
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[speed] {variant} with the {allocator} allocator", file=sys.stderr)
             rows.append(run_worker(args, variant, allocator))
     report = {
-        "command": command_line(argv or sys.argv[1:], args.data),
+        "command": command_line("speed.py", argv or sys.argv[1:], args.data),
         "machine": machine_info(),
         "measured_at": time.strftime("%Y-%m-%d"),
         "rows": rows,
@@ -76,12 +77,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     return 0
-
-
-def command_line(argv: list[str], data: Path | None) -> str:
-    """This run's command, with the local data folder shown as DATA."""
-    shown = [f"DATA/{data.parent.name}/{data.name}" if data and a == str(data) else a for a in argv]
-    return "python benchmarks/speed.py " + " ".join(shown)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -254,11 +249,6 @@ async def time_micro_batched(
         "requests_per_s": len(latencies) / seconds,
         "mean_batch_size": sum(sizes) / max(len(sizes), 1),
     }
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    q = np.percentile(values, [50, 95, 99])
-    return {"p50": float(q[0]), "p95": float(q[1]), "p99": float(q[2]), "n": len(values)}
 
 
 if __name__ == "__main__":

@@ -462,18 +462,7 @@ def evaluate(
 
 
 def _matching_data(data: Path, fmt: str, artefact: Any) -> Any:
-    config = artefact.config
-    # The model carries its item attribute table: the interactions are all this needs, so a
-    # feature file that has moved since training does not matter.
-    config = config.model_copy(
-        update={"data": config.data.model_copy(update={"item_features": None})}
-    )
-    dataset = _load_data(data, fmt, config)
-    if dataset.vocab.item_ids != artefact.vocab.item_ids:
-        raise MoerecError(
-            f"{data}: its item catalogue differs from the one {artefact.path} was trained on; "
-            "evaluate a model on the data (and data settings) it was trained with"
-        )
+    dataset = artefact.load_data(data, None if fmt == "auto" else fmt)
     if dataset.fingerprint != artefact.manifest.get("data_fingerprint"):
         err.print(
             f"note: {data} is not the data {artefact.path} was trained on (same catalogue, "

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from moerec.data.synthetic import generate_interactions, write_csv
 from moerec.registry import ArtefactError, list_versions, load_artefact, save_artefact
 from moerec.registry.artefact import MANIFEST, MANIFEST_DIGEST, WEIGHTS, sha256_file
 from tests.helpers import save_trained
@@ -97,3 +98,15 @@ def test_bad_model_names_are_refused(tmp_path, trained, tiny_dataset):
         save_artefact(
             tmp_path, "../escape", trained.model, trained.config, tiny_dataset.vocab, {}, ""
         )
+
+
+def test_load_data_reads_the_training_data_and_refuses_another_catalogue(saved, tmp_path):
+    artefact = load_artefact(saved)
+    write_csv(generate_interactions(num_users=300, num_items=120, seed=5), tmp_path / "same.csv")
+    assert (
+        artefact.load_data(tmp_path / "same.csv").fingerprint
+        == (artefact.manifest["data_fingerprint"])
+    )
+    write_csv(generate_interactions(num_users=300, num_items=90, seed=5), tmp_path / "other.csv")
+    with pytest.raises(ArtefactError, match="item catalogue differs"):
+        artefact.load_data(tmp_path / "other.csv")

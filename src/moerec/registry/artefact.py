@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 import moerec
 from moerec import MoerecError
 from moerec.config import ExperimentConfig
+from moerec.data.dataset import Dataset, load_dataset
 from moerec.data.vocab import Vocabulary
 from moerec.model import SequentialRecommender
 from moerec.registry.pointer import POINTER, VERSION_NAME, PointerError, read_pointer
@@ -59,6 +60,24 @@ class Artefact:
     @property
     def version(self) -> str:
         return str(self.manifest["version"])
+
+    def load_data(self, path: Path | str, format: str | None = None) -> Dataset:
+        """``path`` read and split with the settings this model was trained with.
+
+        The model carries its item attribute table, so the interactions are all this reads: a
+        feature file that has moved since training does not matter. A file with another item
+        catalogue is refused (the scores would be for other items); one with the same catalogue
+        and other interactions is accepted: compare ``dataset.fingerprint`` with the manifest's
+        ``data_fingerprint`` to tell.
+        """
+        settings = self.config.data.model_copy(update={"item_features": None})
+        dataset = load_dataset(path, settings, format)
+        if dataset.vocab.item_ids != self.vocab.item_ids:
+            raise ArtefactError(
+                f"{path}: its item catalogue differs from the one {self.path} was trained on; "
+                "evaluate a model on the data (and data settings) it was trained with"
+            )
+        return dataset
 
 
 def sha256_file(path: Path) -> str:
