@@ -692,14 +692,7 @@ def render_markdown(results_dir: Path) -> str:
     }
     files = {path: report for path, report in files.items() if report["dataset"] != "tiny"}
     reports = list(files.values())
-    lines += _summary_section(
-        [
-            report
-            for path, report in files.items()
-            if retired_until(path) is None and not is_sweep(report)
-        ],
-        reports,
-    )
+    lines += _summary_section(summary_reports(files), reports)
     for path, report in files.items():
         retired = _retired_title(path)
         if any("overrides" in row for row in report["rows"]):
@@ -712,6 +705,28 @@ def render_markdown(results_dir: Path) -> str:
     if speed.is_file():
         lines += _speed_section(json.loads(speed.read_text(encoding="utf-8")))
     return "\n".join(lines) + "\n"
+
+
+def summary_reports(files: dict[Path, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The variants runs the summary shows: each current one, and, while a data set's rerun
+    after a config change lacks a variant (or has not started), the newest file moved aside
+    for it, so that the summary keeps its last complete comparison until the new one is."""
+    current = {
+        (report["dataset"], feature_mode(report)): report
+        for path, report in files.items()
+        if retired_until(path) is None and not is_sweep(report)
+    }
+    shown = list(current.values())
+    standing_in: set[tuple[str, str]] = set()
+    for path, report in files.items():  # retired files newest first (render_markdown's order)
+        key = (report["dataset"], feature_mode(report))
+        if retired_until(path) is None or is_sweep(report) or key in standing_in:
+            continue
+        rerun = {row["variant"] for row in current[key]["rows"]} if key in current else set()
+        if not set(VARIANTS) <= rerun:
+            shown.append({**report, "retired_until": retired_until(path)})
+            standing_in.add(key)
+    return shown
 
 
 def _summary_section(
@@ -776,7 +791,10 @@ def _summary_section(
         seeds = seed_runs(every or [], report, "moe")
         ndcg_words[0] += _over_seed_pairs(seeds, seed_runs(every or [], report, "dense-active"))
         flops = f"{versus['dense-params'][1]:.0%}" if "dense-params" in versus else ""
-        config = "frozen" if not config_drift(report) else "an earlier one (see its section)"
+        if report.get("retired_until"):
+            config = f"the one until {report['retired_until']} (see its section)"
+        else:
+            config = "frozen" if not config_drift(report) else "an earlier one (see its section)"
         spread = ""
         if len(seeds) > 1:
             low, high = (f"{pick(r['test']['ndcg@10'] for r in seeds):.4f}" for pick in (min, max))

@@ -362,6 +362,29 @@ def test_the_summary_sets_each_moe_against_its_goal_and_the_dense_baselines():
     )
 
 
+def test_the_summary_keeps_the_last_complete_comparison_until_a_rerun_has_every_variant():
+    q = quality()
+    frozen = q.recorded_config(q.load_config(ROOT / "configs" / "quality-toys.yaml"))
+    older = {**frozen, "train": {**frozen["train"], "weight_decay": 0.0}}
+    if frozen["train"]["weight_decay"] == 0.0:
+        older["train"]["weight_decay"] = 0.3
+    before = report(*(costed(v, 0.068, 0.11, 3.4e6) for v in q.VARIANTS))
+    before |= {"dataset": "toys", "config": older}
+    rerun = report(costed("moe", 0.069, 0.112, 3.4e6)) | {"dataset": "toys", "config": frozen}
+    current, retired = Path("quality-toys.json"), Path("quality-toys-until-2026-12-07.json")
+
+    shown = q.summary_reports({current: rerun, retired: before})
+    assert [r["rows"][0]["test"]["ndcg@10"] for r in shown] == [0.069, 0.068]
+    table = "\n".join(q._summary_section(shown))
+    assert table.count("| toys |") == 2
+    assert "| not run | not run |  | frozen |" in table  # the rerun so far: the MoE alone
+    assert "the one until 2026-12-07 (see its section) |" in table
+
+    rerun["rows"] = [costed(v, 0.069, 0.112, 3.4e6) for v in q.VARIANTS]
+    assert q.summary_reports({current: rerun, retired: before}) == [rerun]
+    assert q.summary_reports({retired: before})[0]["retired_until"] == "2026-12-07"
+
+
 def test_a_sweep_is_set_only_against_the_variants_run_of_its_own_config():
     import quality_reports
 
