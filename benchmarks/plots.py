@@ -477,6 +477,13 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
     ]
     if not sweeps:
         return None
+    # routing.py reroutes a model of the data set's config as it was when it ran: the newest
+    # sweep shown (the current one, else the last retired) is the one it belongs beside.
+    newest: dict[str, dict[str, Any]] = {}
+    for sweep in sweeps:
+        held = newest.get(sweep["dataset"])
+        if held is None or _newer(sweep, held):
+            newest[sweep["dataset"]] = sweep
     figure, axes = _figure(3.2, 1, len(sweeps))
     for ax, sweep in zip(axes[0], sweeps, strict=True):
         points = sorted(
@@ -496,7 +503,7 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
         rerouted = next(
             (r for r in results.get("routing", []) if r["name"] == sweep["dataset"]), None
         )
-        if rerouted is not None and not sweep.get("retired_until"):
+        if rerouted is not None and newest[sweep["dataset"]] is sweep:
             at_inference = sorted(
                 (row["experts_per_token"], row["test"]["ndcg@10"])
                 for row in rerouted["rows"]
@@ -565,6 +572,13 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
         "benchmarks/routing.py has measured it, the dotted grey line is one top-k model trained "
         "once and served with other routings (top-1..4, top-p over 1..4 experts).",
     )
+
+
+def _newer(sweep: dict[str, Any], than: dict[str, Any]) -> bool:
+    """Whether ``sweep`` was measured with a later config than ``than``: a current file is the
+    newest; retired ones order by the date (and number) their config was retired."""
+    current = "9999"  # after every retirement date
+    return str(sweep.get("retired_until") or current) > str(than.get("retired_until") or current)
 
 
 def _machine(report: dict[str, Any]) -> str:

@@ -173,3 +173,24 @@ def test_the_top_p_curve_adds_one_model_routed_at_inference_when_measured(tmp_pa
     assert list(line.get_xdata()) == [1, 2, 3]  # ordered by experts per token
     assert list(line.get_ydata()) == pytest.approx([0.051, 0.052, 0.053])
     assert "routing-*.json" in plot.source
+
+
+def test_a_model_routed_at_inference_is_drawn_beside_the_newest_sweep_only(tmp_path):
+    import json
+
+    plots = plots_module()
+    sweep = json.dumps(TOYS_TOP_P_SWEEP)
+    for until in ("2026-12-05", "2026-12-07"):  # both retired: no current sweep yet
+        (tmp_path / f"quality-toys-topp-until-{until}.json").write_text(sweep)
+    rerouted = [{"experts_per_token": k, "test": {"ndcg@10": 0.05}} for k in (1, 2)]
+    (tmp_path / "routing-toys.json").write_text(
+        json.dumps({"name": "toys", "model": {"feed_forward": "8x128 top-2"}, "rows": rerouted})
+    )
+    figure, _ = plots.top_p_curve(plots.load_results(tmp_path))
+    routed = {
+        ax.get_title().split("until ")[1].rstrip(")"): any(
+            "routed at inference" in line.get_label() for line in ax.get_lines()
+        )
+        for ax in figure.axes
+    }
+    assert routed == {"2026-12-05": False, "2026-12-07": True}
