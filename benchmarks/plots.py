@@ -484,7 +484,7 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
         held = newest.get(sweep["dataset"])
         if held is None or _newer(sweep, held):
             newest[sweep["dataset"]] = sweep
-    figure, axes = _figure(3.2, 1, len(sweeps))
+    figure, axes = _figure(4.4, 1, len(sweeps))
     for ax, sweep in zip(axes[0], sweeps, strict=True):
         points = sorted(
             (row["routing"]["experts_per_token"], row["test"]["ndcg@10"], row["top_p"])
@@ -549,7 +549,7 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
                 linewidth=1,
                 label="dense-active (top-k FLOPs)",
             )
-        ax.set_xlabel("routed experts per token (test set, mean over MoE layers)")
+        ax.set_xlabel("routed experts per token\n(test set, mean over MoE layers)")
         ax.set_ylabel("test NDCG@10")
         until = sweep.get("retired_until")
         ax.set_title(
@@ -557,7 +557,8 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
             + (f"\n(frozen config until {until})" if until else "")
         )
         ax.margins(x=0.15, y=0.2)
-        ax.legend(loc="lower right")
+        # below the axes: inside, it would cover the curves that cross the panel
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7)
     return figure, Plot(
         "top-p-curve.png",
         "quality-*-topp.json` and `routing-*.json"
