@@ -1076,10 +1076,16 @@ def _search_section(
         runs = [row for row in rows if row["variant"] == variant]
         best = max(runs, key=lambda row: row["valid"]["ndcg@10"])
         change = format_changes(best["overrides"])
-        notes.append(
-            f"- {variant}: the best validation NDCG@10 is "
-            f"{change or 'the frozen config'} ({best['valid']['ndcg@10']:.4f})."
-        )
+        if len(runs) > 1:
+            notes.append(
+                f"- {variant}: the best validation NDCG@10 is "
+                f"{change or 'the frozen config'} ({best['valid']['ndcg@10']:.4f})."
+            )
+        else:  # one try alone is the best of nothing
+            notes.append(
+                f"- {variant}: one try; the config it changes has no {variant} run of its own "
+                "with these settings to judge it against."
+            )
     return [*lines, "", *notes, ""]
 
 

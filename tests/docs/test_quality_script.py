@@ -385,6 +385,14 @@ def test_the_summary_keeps_the_last_complete_comparison_until_a_rerun_has_every_
     assert q.summary_reports({retired: before})[0]["retired_until"] == "2026-12-07"
 
 
+def test_a_lone_try_without_its_configs_own_run_is_not_called_the_best():
+    q = quality()
+    search = report(trained_row("moe", 0.0751, overrides={"train.weight_decay": 1.0}))
+    notes = "\n".join(q._search_section(search, None))
+    assert "the best validation NDCG@10" not in notes
+    assert "- moe: one try; the config it changes has no moe run of its own" in notes
+
+
 def test_a_sweep_is_set_only_against_the_variants_run_of_its_own_config():
     import quality_reports
 
