@@ -29,7 +29,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, LogLocator, NullLocator, ScalarFormatter
 
 import docs_section
-from quality_reports import feature_mode, is_sweep, retired_until, seed_runs, variants_run
+from quality_reports import (
+    config_order,
+    feature_mode,
+    is_sweep,
+    retired_until,
+    seed_runs,
+    variants_run,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -578,8 +585,7 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
 def _newer(sweep: dict[str, Any], than: dict[str, Any]) -> bool:
     """Whether ``sweep`` was measured with a later config than ``than``: a current file is the
     newest; retired ones order by the date (and number) their config was retired."""
-    current = "9999"  # after every retirement date
-    return str(sweep.get("retired_until") or current) > str(than.get("retired_until") or current)
+    return config_order(sweep.get("retired_until")) > config_order(than.get("retired_until"))
 
 
 def _machine(report: dict[str, Any]) -> str:

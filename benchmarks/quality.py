@@ -54,6 +54,7 @@ from moerec.training import train
 from quality_reports import (
     RETIRED,
     RUN_OPTIONS,
+    config_order,
     feature_mode,
     flat,
     is_sweep,
@@ -842,9 +843,8 @@ def _current_first(path: Path) -> tuple[str, int]:
     """Sort key: retired files (quality-X-until-DATE[-N]) right after the one that replaced
     them, newest first."""
     until = RETIRED.search(path.stem)
-    if until is None:
-        return path.stem, -(10**12)
-    return path.stem[: until.start()], -(int(until[1].replace("-", "")) * 100 + int(until[2] or 1))
+    family = path.stem if until is None else path.stem[: until.start()]
+    return family, -config_order(retired_until(path))
 
 
 def _machine_words(machine: dict[str, Any]) -> str:

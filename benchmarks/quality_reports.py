@@ -36,6 +36,15 @@ def retired_until(path: Path) -> str | None:
     return until[1] + (f", change {until[2]}" if until[2] else "")
 
 
+def config_order(until: str | None) -> int:
+    """How late a file's config was the frozen one, from its ``retired_until``: retired files by
+    the date (and number) of their retirement, a current file (``None``) after them all."""
+    if until is None:
+        return 10**12
+    date, _, change = until.partition(", change ")
+    return int(date.replace("-", "")) * 100 + int(change or 1)
+
+
 def retired_name(path: Path, until: str) -> Path:
     """The name to move ``path`` aside to when the frozen config changes: dated, and numbered
     when a config of the same day was retired already."""

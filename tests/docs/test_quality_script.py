@@ -280,6 +280,18 @@ def test_a_file_moved_aside_when_the_config_changed_is_titled_apart_from_its_suc
     ]
 
 
+def test_configs_order_by_retirement_date_then_number_and_the_current_one_last():
+    q = quality()
+    order = [None, "2026-12-05, change 10", "2026-12-07", "2026-12-05, change 2", "2026-12-05"]
+    assert sorted(order, key=q.config_order) == [
+        "2026-12-05",
+        "2026-12-05, change 2",
+        "2026-12-05, change 10",  # a number, not text: 10 comes after 2
+        "2026-12-07",
+        None,
+    ]
+
+
 def test_a_try_the_frozen_config_has_since_adopted_is_marked_as_the_current_config():
     q = quality()
     frozen = q.load_config(ROOT / "configs" / "quality-beauty.yaml")
