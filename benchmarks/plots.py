@@ -486,11 +486,8 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
         return None
     # routing.py reroutes a model of the data set's config as it was when it ran: the newest
     # sweep shown (the current one, else the last retired) is the one it belongs beside.
-    newest: dict[str, dict[str, Any]] = {}
-    for sweep in sweeps:
-        held = newest.get(sweep["dataset"])
-        if held is None or _newer(sweep, held):
-            newest[sweep["dataset"]] = sweep
+    by_age = sorted(sweeps, key=lambda sweep: config_order(sweep.get("retired_until")))
+    newest = {sweep["dataset"]: sweep for sweep in by_age}  # the last of each data set wins
     figure, axes = _figure(4.4, 1, len(sweeps))
     for ax, sweep in zip(axes[0], sweeps, strict=True):
         points = sorted(
@@ -580,12 +577,6 @@ def top_p_curve(results: Results) -> tuple[Figure, Plot] | None:
         "benchmarks/routing.py has measured it, the dotted grey line is one top-k model trained "
         "once and served with other routings (top-1..4, top-p over 1..4 experts).",
     )
-
-
-def _newer(sweep: dict[str, Any], than: dict[str, Any]) -> bool:
-    """Whether ``sweep`` was measured with a later config than ``than``: a current file is the
-    newest; retired ones order by the date (and number) their config was retired."""
-    return config_order(sweep.get("retired_until")) > config_order(than.get("retired_until"))
 
 
 def _machine(report: dict[str, Any]) -> str:

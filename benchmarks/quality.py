@@ -842,9 +842,7 @@ def _retired_title(path: Path) -> str:
 def _current_first(path: Path) -> tuple[str, int]:
     """Sort key: retired files (quality-X-until-DATE[-N]) right after the one that replaced
     them, newest first."""
-    until = RETIRED.search(path.stem)
-    family = path.stem if until is None else path.stem[: until.start()]
-    return family, -config_order(retired_until(path))
+    return RETIRED.sub("", path.stem), -config_order(retired_until(path))
 
 
 def _machine_words(machine: dict[str, Any]) -> str:

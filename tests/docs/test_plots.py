@@ -3,6 +3,7 @@ benchmarks page shows exactly those figures, from files that exist."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -108,8 +109,6 @@ def test_the_section_goes_under_the_first_heading_and_nothing_else_changes():
 
 
 def test_a_results_file_moved_aside_is_marked_and_left_out_of_the_current_ones(tmp_path):
-    import json
-
     plots = plots_module()
     row = {"variant": "moe", "test": {"ndcg@10": 0.06}, "routing": {}}
     config = {"model": {"hidden_size": 64}, "train": {"seed": 42}}
@@ -134,8 +133,6 @@ TOYS_TOP_P_SWEEP = {
 
 
 def test_the_top_p_curve_drops_a_retired_sweep_once_the_current_config_has_one(tmp_path):
-    import json
-
     plots = plots_module()
     sweep = json.dumps(TOYS_TOP_P_SWEEP)
     (tmp_path / "quality-toys-topp-until-2026-12-05.json").write_text(sweep)
@@ -151,8 +148,6 @@ def test_the_top_p_curve_drops_a_retired_sweep_once_the_current_config_has_one(t
 
 
 def test_the_top_p_curve_adds_one_model_routed_at_inference_when_measured(tmp_path):
-    import json
-
     plots = plots_module()
     (tmp_path / "quality-toys-topp.json").write_text(json.dumps(TOYS_TOP_P_SWEEP))
     figure, plot = plots.top_p_curve(plots.load_results(tmp_path))
@@ -176,8 +171,6 @@ def test_the_top_p_curve_adds_one_model_routed_at_inference_when_measured(tmp_pa
 
 
 def test_a_model_routed_at_inference_is_drawn_beside_the_newest_sweep_only(tmp_path):
-    import json
-
     plots = plots_module()
     sweep = json.dumps(TOYS_TOP_P_SWEEP)
     for until in ("2026-12-05", "2026-12-07"):  # both retired: no current sweep yet
